@@ -1,0 +1,1 @@
+"""One module per hull-runtime verb: FLAGS, USAGE and main(ctx, verb, opts, args)."""

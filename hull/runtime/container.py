@@ -1,0 +1,424 @@
+"""Lifecycle operations of the runtime spec: create, start, run, kill, delete.
+
+One function per operation, driven by `hull-runtime`'s verbs. Each failure
+path undoes what it made: no state dir, cgroup, or process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from hull.errors import ConfigError, NotFoundError, StateError
+from hull.oci import runtime_spec
+from hull.runtime import fastjson
+from hull.runtime.channel import Channel, ChannelClosed, ChildError
+from hull.runtime.init import InitRequest, child_main, flush_stdio, stage1
+from hull.runtime.linux import syscalls as sc
+from hull.runtime.state import (
+    CREATED,
+    PAUSED,
+    RUNNING,
+    STOPPED,
+    ContainerState,
+    StateStore,
+    proc_start_time,
+)
+
+FORWARDED_SIGNALS = (1, 2, 3, 10, 12, 15, 28)  # HUP INT QUIT USR1 USR2 TERM WINCH
+_INIT_HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer")
+
+
+def load_config(bundle: str) -> dict:
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"no config.json in bundle {bundle}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        config = fastjson.loads(raw)
+    except ValueError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    return runtime_spec.validate(config)
+
+
+def _cgroup(state: ContainerState):  # type: ignore[no-untyped-def]
+    from hull.runtime.linux.cgroups import manager_for
+
+    return manager_for(state.data.get("cgroup_path"), state.id)
+
+
+def _check_host_support(config: dict, namespaces: dict[str, str | None]) -> None:
+    """Fail before fork on what the host plainly lacks or the config gets wrong."""
+    for kind, path in namespaces.items():
+        if path is not None and not os.path.exists(path):
+            raise ConfigError(f"{kind} namespace path {path} does not exist")
+        if path is None and kind in ("time", "cgroup", "user"):
+            name = runtime_spec.NS_PROC_NAMES[kind]
+            if not os.path.exists(f"/proc/self/ns/{name}"):
+                raise ConfigError(f"this kernel has no {kind} namespace support")
+    process = config["process"]
+    if process.get("rlimits"):
+        from hull.runtime.linux import rlimits
+
+        rlimits.validate(process["rlimits"])
+    caps = process.get("capabilities") or {}
+    if caps:
+        from hull.runtime.linux import capabilities
+
+        for names in caps.values():
+            capabilities.parse(names)
+
+
+def state_json(state: ContainerState, status: str | None = None) -> str:
+    data = state.oci_state()
+    if status:
+        data["status"] = status
+    data["pid"] = state.pid
+    return fastjson.dumps(data)
+
+
+def run_runtime_hooks(config: dict, kinds: tuple[str, ...], state_str: str) -> None:
+    hooks = config.get("hooks") or {}
+    if any(hooks.get(k) for k in kinds):
+        from hull.runtime.hooks import run_hooks
+
+        for kind in kinds:
+            run_hooks(hooks.get(kind) or [], kind, state_str)
+
+
+def create(
+    store: StateStore,
+    container_id: str,
+    bundle: str,
+    pid_file: str | None = None,
+    console_socket: str | None = None,
+    no_pivot: bool = False,
+    run_mode: bool = False,
+    preserve_fds: int = 0,
+) -> tuple[ContainerState, Channel]:
+    """Set up the container and leave its process waiting for start."""
+    from hull.runtime.linux.cgroups import V2Manager, manager_for
+
+    bundle = os.path.abspath(bundle)
+    config = load_config(bundle)
+    rootfs = os.path.join(bundle, config["root"]["path"])
+    if not os.path.isdir(rootfs):
+        raise ConfigError(f"rootfs {rootfs} does not exist or is not a directory")
+    namespaces = runtime_spec.namespaces_of(config)
+    _check_host_support(config, namespaces)
+    linux = config.get("linux") or {}
+    process = config["process"]
+    if process.get("terminal") and not console_socket and not run_mode:
+        raise ConfigError("process.terminal is true: --console-socket is required")
+
+    state = store.new(
+        container_id,
+        {
+            "ociVersion": config.get("ociVersion"),
+            "bundle": bundle,
+            "rootfs": rootfs,
+            "annotations": config.get("annotations") or {},
+            "cgroup_path": linux.get("cgroupsPath") or f"/hull/{container_id}",
+        },
+    )
+    cg = manager_for(state.data["cgroup_path"], container_id)
+    stage1_pid = init_pid = 0
+    chan: Channel | None = None
+    console_fd = None
+    try:
+        resources = linux.get("resources")
+        cg.create(resources)
+        if resources:
+            cg.set(resources)
+        if not run_mode:
+            os.mkfifo(state.fifo, 0o622)
+        if process.get("terminal") and console_socket:
+            console_fd = _connect_console(console_socket)
+        state.save()
+        req = InitRequest(
+            config=config,
+            rootfs=rootfs,
+            bundle=bundle,
+            state_dir=state.dir,
+            namespaces=namespaces,
+            cgroup_paths=_cgroup_mount_names(cg, isinstance(cg, V2Manager)),
+            cgroup_v2=isinstance(cg, V2Manager),
+            console_fd=console_fd,
+            no_pivot=no_pivot,
+            wait_fifo=not run_mode,
+            preserve_fds=preserve_fds,
+            hooks_in_init=any((config.get("hooks") or {}).get(k) for k in _INIT_HOOKS),
+        )
+        chan, child_chan = Channel.pair()
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        flush_stdio()
+        stage1_pid = os.fork()
+        if stage1_pid == 0:
+            chan.close()
+            if console_fd is not None:
+                os.set_inheritable(console_fd, True)
+            child_main(stage1, child_chan, req)
+        child_chan.close()
+        if console_fd is not None:
+            os.close(console_fd)
+            console_fd = None
+        cg.apply(stage1_pid)
+        chan.send("go")
+        while True:
+            kind, payload = chan.recv()
+            if kind == "userns":
+                from hull.runtime.linux.namespaces import write_id_maps
+
+                write_id_maps(stage1_pid, linux["uidMappings"], linux["gidMappings"])
+                chan.send("ok")
+            elif kind == "pid":
+                init_pid = int(payload)
+                os.waitpid(stage1_pid, 0)
+                stage1_pid = 0
+                state.data["pid"] = init_pid
+                state.data["pid_start"] = proc_start_time(init_pid)
+            elif kind == "hooks":
+                hook_state = state_json(state, "creating")
+                run_runtime_hooks(config, ("prestart", "createRuntime"), hook_state)
+                chan.send("ok", hook_state)
+            elif kind == "ready":
+                break
+            elif kind == "error":
+                raise ChildError(payload)
+        state.data["status"] = CREATED
+        state.save()
+        if pid_file:
+            write_pid_file(pid_file, init_pid)
+        return state, chan
+    except ChannelClosed:
+        _abort(state, cg, chan, stage1_pid, init_pid)
+        raise StateError("container init exited during setup") from None
+    except ChildError as err:
+        _abort(state, cg, chan, stage1_pid, init_pid)
+        raise StateError(str(err)) from None
+    except BaseException:
+        _abort(state, cg, chan, stage1_pid, init_pid)
+        raise
+    finally:
+        if console_fd is not None:
+            os.close(console_fd)
+
+
+def _cgroup_mount_names(cg, v2: bool) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Name under /sys/fs/cgroup inside the container -> the container's host dir."""
+    dirs = cg.hierarchy_dirs()
+    if v2:
+        return {"": next(iter(dirs.values()))} if dirs else {}
+    return {os.path.basename(mountpoint): d for mountpoint, d in dirs.items()}
+
+
+def _connect_console(path: str) -> int:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"cannot connect to console socket {path}: {err.strerror}") from None
+    return sock.detach()
+
+
+def _abort(state, cg, chan, stage1_pid: int, init_pid: int) -> None:  # type: ignore[no-untyped-def]
+    """Undo a failed create: kill the children, drop the cgroup and state dir."""
+    for pid in (init_pid, stage1_pid):
+        if pid:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    for pid in (stage1_pid, init_pid):
+        if pid:
+            _reap(pid)
+    if chan is not None:
+        chan.close()
+    try:
+        for pid in cg.pids():
+            os.kill(pid, 9)
+    except OSError:
+        pass
+    cg.destroy()
+    state.data["status"] = STOPPED
+    StateStore(os.path.dirname(state.dir)).remove(state.id)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def start(store: StateStore, container_id: str) -> None:
+    """Release a created container's process (the runtime spec's "start")."""
+    state = store.load(container_id)
+    status = state.status()
+    if status != CREATED:
+        raise StateError(f"cannot start a container that is {status}")
+    fd = os.open(state.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.set_blocking(fd, True)
+        deadline = time.monotonic() + 10
+        while True:
+            data = os.read(fd, 1)
+            if data:
+                break
+            if not state.alive():
+                raise StateError("container init exited before start")
+            if time.monotonic() > deadline:
+                raise StateError("container init did not answer start")
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
+    os.unlink(state.fifo)
+    config = _config_of(state)
+    run_runtime_hooks(config, ("poststart",), state_json(state, RUNNING))
+
+
+def _config_of(state: ContainerState) -> dict:
+    try:
+        return load_config(state.data["bundle"])
+    except ConfigError:
+        return {}
+
+
+def run(
+    store: StateStore,
+    container_id: str,
+    bundle: str,
+    detach: bool = False,
+    pid_file: str | None = None,
+    console_socket: str | None = None,
+    no_pivot: bool = False,
+    preserve_fds: int = 0,
+    keep: bool = False,
+) -> int:
+    """create + start; in the foreground, wait and return the exit code."""
+    import _signal
+
+    state, chan = create(
+        store,
+        container_id,
+        bundle,
+        pid_file=pid_file,
+        console_socket=console_socket,
+        no_pivot=no_pivot,
+        run_mode=True,
+        preserve_fds=preserve_fds,
+    )
+    pid = state.pid
+    if not detach:
+        for signum in FORWARDED_SIGNALS:
+            _signal.signal(signum, lambda s, _f: _forward(pid, s))
+    chan.send("start")
+    exec_error = None
+    try:
+        kind, payload = chan.recv()
+        if kind == "error":
+            exec_error = payload
+    except ChannelClosed:
+        pass
+    chan.close()
+    if exec_error is None:
+        config = _config_of(state)
+        run_runtime_hooks(config, ("poststart",), state_json(state, RUNNING))
+    if detach:
+        if exec_error is not None:
+            _reap(pid)
+            destroy(store, state)
+            raise StateError(exec_error)
+        return 0
+    code = wait_exit(pid)
+    if exec_error is not None:
+        os.write(2, f"hull-runtime: {exec_error}\n".encode())
+    if not keep:
+        destroy(store, state)
+    return code
+
+
+def _forward(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def wait_exit(pid: int) -> int:
+    """Wait for our (subreaped) child; 128+N for a signal, as shells report it."""
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def kill(store: StateStore, container_id: str, signum: int, all_processes: bool = False) -> None:
+    state = store.load(container_id)
+    status = state.status()
+    if status not in (CREATED, RUNNING, PAUSED) and not all_processes:
+        raise StateError(f"cannot kill a container that is {status}")
+    if all_processes:
+        cg = _cgroup(state)
+        cg.kill_all(signum)
+        if status == PAUSED and signum == 9:
+            cg.thaw()
+        return
+    try:
+        os.kill(state.pid, signum)
+    except ProcessLookupError:
+        raise StateError("container process is already gone") from None
+
+
+def delete(store: StateStore, container_id: str, force: bool = False) -> None:
+    try:
+        state = store.load(container_id)
+    except NotFoundError:
+        if force:
+            return
+        raise
+    status = state.status()
+    if status in (RUNNING, PAUSED) and not force:
+        raise StateError(f"cannot delete a container that is {status}: stop it or use --force")
+    destroy(store, state)
+
+
+def destroy(store: StateStore, state: ContainerState) -> None:
+    """Kill what is left, remove the cgroup, run poststop hooks, drop the state."""
+    cg = _cgroup(state)
+    if state.alive():
+        try:
+            os.kill(state.pid, 9)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while cg.exists():
+        try:
+            pids = cg.pids()
+        except OSError:
+            break
+        if not pids:
+            break
+        cg.kill_all(9)
+        if cg.frozen():
+            cg.thaw()
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    cg.destroy()
+    config = _config_of(state)
+    run_runtime_hooks(config, ("poststop",), state_json(state, STOPPED))
+    store.remove(state.id)

@@ -1,0 +1,151 @@
+"""Find the cgroup hierarchies under a root and tell v1, v2 and hybrid layouts apart.
+
+On a real host the mount table (/proc/self/mountinfo) is the truth: hierarchies
+are found by filesystem type and super options, not by guessing directory names.
+Unit tests point `root` at a fake tree in a temp dir, which has no mounts; then the
+tree itself is read (a dir with cgroup.controllers is cgroup2, any other dir a v1
+hierarchy named after its controllers).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from hull.errors import KernelError
+
+DEFAULT_ROOT = "/sys/fs/cgroup"
+MOUNTINFO = "/proc/self/mountinfo"
+
+# Every v1 subsystem the kernel has had; other super options (rw, xattr,
+# clone_children, release_agent=...) are not controllers.
+V1_SUBSYSTEMS = frozenset(
+    {
+        "cpuset",
+        "cpu",
+        "cpuacct",
+        "blkio",
+        "memory",
+        "devices",
+        "freezer",
+        "net_cls",
+        "perf_event",
+        "net_prio",
+        "hugetlb",
+        "pids",
+        "rdma",
+        "misc",
+        "debug",
+    }
+)
+
+LAYOUTS = ("v1", "v2", "hybrid")
+
+
+@dataclass(frozen=True)
+class CgroupMount:
+    """One mounted hierarchy: where it is, its type, and the controllers bound to it.
+
+    `controllers` holds v1 subsystem names and named hierarchies such as
+    "name=systemd"; for cgroup2 it is empty (its controllers are read from
+    cgroup.controllers when needed).
+    """
+
+    mountpoint: str
+    fstype: str  # "cgroup" (v1) or "cgroup2"
+    controllers: tuple[str, ...] = field(default=())
+
+
+def _unescape(value: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), value)
+
+
+def parse_mountinfo(text: str) -> list[CgroupMount]:
+    """The cgroup and cgroup2 mounts in a mountinfo text, in mount order."""
+    mounts: list[CgroupMount] = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        tail = right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        fstype, super_options = tail[0], tail[2]
+        mountpoint = _unescape(fields[4])
+        if fstype == "cgroup2":
+            mounts.append(CgroupMount(mountpoint, "cgroup2"))
+        elif fstype == "cgroup":
+            controllers = tuple(
+                opt
+                for opt in super_options.split(",")
+                if opt in V1_SUBSYSTEMS or opt.startswith("name=")
+            )
+            if controllers:
+                mounts.append(CgroupMount(mountpoint, "cgroup", controllers))
+    return mounts
+
+
+def _mounts_from_table(root: str, mountinfo: str) -> list[CgroupMount]:
+    """Mounts at root or directly below it; a later mount on the same point wins."""
+    try:
+        with open(mountinfo, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return []
+    by_point: dict[str, CgroupMount] = {}
+    for mount in parse_mountinfo(text):
+        point = os.path.normpath(mount.mountpoint)
+        if point == root or os.path.dirname(point) == root:
+            by_point.pop(point, None)
+            by_point[point] = mount
+    return list(by_point.values())
+
+
+def _mounts_from_tree(root: str) -> list[CgroupMount]:
+    """Read a (fake or bind-mounted) tree: cgroup2 if root has cgroup.controllers."""
+    if os.path.isfile(os.path.join(root, "cgroup.controllers")):
+        return [CgroupMount(root, "cgroup2")]
+    mounts: list[CgroupMount] = []
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    for name in names:
+        path = os.path.join(root, name)
+        if os.path.islink(path) or not os.path.isdir(path):
+            continue  # e.g. cpu -> cpu,cpuacct
+        if os.path.isfile(os.path.join(path, "cgroup.controllers")):
+            mounts.append(CgroupMount(path, "cgroup2"))
+            continue
+        controllers = tuple(
+            part if part in V1_SUBSYSTEMS else f"name={part}" for part in name.split(",")
+        )
+        mounts.append(CgroupMount(path, "cgroup", controllers))
+    return mounts
+
+
+def find_mounts(root: str = DEFAULT_ROOT, mountinfo: str = MOUNTINFO) -> list[CgroupMount]:
+    """The hierarchies that make up the layout under root.
+
+    The mount table decides when it has mounts at or under root; a tree with no
+    mounts of its own (a unit test's temp dir) is read directly.
+    """
+    root = os.path.normpath(root)
+    return _mounts_from_table(root, mountinfo) or _mounts_from_tree(root)
+
+
+def layout_of(mounts: list[CgroupMount], root: str) -> str:
+    """'v2' when cgroup2 is mounted at root, 'hybrid' when v1 hierarchies sit beside a
+    cgroup2 mount, else 'v1'."""
+    root = os.path.normpath(root)
+    if any(m.fstype == "cgroup2" and os.path.normpath(m.mountpoint) == root for m in mounts):
+        return "v2"
+    v1 = [m for m in mounts if m.fstype == "cgroup"]
+    if not v1:
+        raise KernelError(f"no cgroup hierarchy is mounted under {root}")
+    if any(m.fstype == "cgroup2" for m in mounts):
+        return "hybrid"
+    return "v1"
