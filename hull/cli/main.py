@@ -1,0 +1,249 @@
+"""`hull`: Docker's verbs over the engine.
+
+Verbs are a table of name -> "module:function" strings, so a command imports
+only its own module when it runs (`hull run` must not pay for `hull images`).
+A verb's module provides:
+
+    def NAME(args: argparse.Namespace) -> int | None      # runs the verb
+    def NAME_args(parser: argparse.ArgumentParser) -> None   # optional: its flags
+
+and finds `args.paths` (HullPaths from --root/--runroot or HULL_ROOT/HULL_RUNROOT)
+and `args.debug` set. Groups (`hull image ls`) are tables of the same kind; a
+new verb is one line in VERBS or GROUPS. Errors become `hull: <message>` on
+stderr and the error's exit code (125 unless it says otherwise); Ctrl-C is 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from hull.errors import HullError
+
+
+@dataclass(frozen=True)
+class Verb:
+    target: str  # "package.module:function"
+    help: str
+
+
+@dataclass(frozen=True)
+class Group:
+    help: str
+    verbs: dict[str, Verb] = field(default_factory=dict)
+
+
+_IMAGES = "hull.cli.images"
+
+VERBS: dict[str, Verb] = {
+    "pull": Verb(f"{_IMAGES}:pull", "Download an image from a registry"),
+    "push": Verb(f"{_IMAGES}:push", "Upload an image to a registry"),
+    "images": Verb(f"{_IMAGES}:images", "List images"),
+    "inspect": Verb(f"{_IMAGES}:inspect", "Show low-level information on objects"),
+    "tag": Verb(f"{_IMAGES}:tag", "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE"),
+    "rmi": Verb(f"{_IMAGES}:rmi", "Remove one or more images"),
+    "load": Verb(f"{_IMAGES}:load", "Load images from a tar archive or OCI layout"),
+    "save": Verb(f"{_IMAGES}:save", "Save images to a tar archive or OCI layout"),
+    "history": Verb(f"{_IMAGES}:history", "Show the history of an image"),
+    "login": Verb(f"{_IMAGES}:login", "Log in to a registry"),
+    "logout": Verb(f"{_IMAGES}:logout", "Log out from a registry"),
+}
+
+GROUPS: dict[str, Group] = {
+    "image": Group(
+        "Manage images",
+        {
+            "ls": Verb(f"{_IMAGES}:images", "List images"),
+            "list": Verb(f"{_IMAGES}:images", "List images"),
+            "pull": VERBS["pull"],
+            "push": VERBS["push"],
+            "inspect": Verb(f"{_IMAGES}:image_inspect", "Display detailed information on images"),
+            "tag": VERBS["tag"],
+            "rm": Verb(f"{_IMAGES}:rmi", "Remove one or more images"),
+            "prune": Verb(f"{_IMAGES}:image_prune", "Remove unused images"),
+            "load": VERBS["load"],
+            "save": VERBS["save"],
+            "history": VERBS["history"],
+            "bootstrap": Verb(
+                f"{_IMAGES}:image_bootstrap", "Build a base image locally (busybox, debian:SUITE)"
+            ),
+        },
+    ),
+    "container": Group("Manage containers"),
+    "volume": Group("Manage volumes"),
+    "network": Group("Manage networks"),
+    "system": Group("Manage Hull"),
+}
+
+
+class UsageError(HullError):
+    """Bad flags or an unknown command (Docker exits 125 for these too)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}\nSee '{self.prog} --help'.")
+
+
+def _top_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="hull",
+        description="A container and microVM engine with Docker's verbs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_commands_help(),
+        add_help=True,
+    )
+    parser.add_argument(
+        "--root", help="persistent state directory (default $HULL_ROOT or /var/lib/hull)"
+    )
+    parser.add_argument(
+        "--runroot", help="volatile state directory (default $HULL_RUNROOT or /run/hull)"
+    )
+    parser.add_argument("-D", "--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-v", "--version", action="store_true", help="print the version and exit")
+    parser.add_argument("command", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _listing(entries: dict[str, str]) -> str:
+    width = max((len(name) for name in entries), default=0)
+    return "\n".join(f"  {name.ljust(width)}  {help}" for name, help in entries.items())
+
+
+def _commands_help() -> str:
+    groups = {name: g.help for name, g in GROUPS.items()}
+    verbs = {name: v.help for name, v in VERBS.items()}
+    return (
+        f"Management commands:\n{_listing(groups)}\n\nCommands:\n{_listing(verbs)}\n\n"
+        "Run 'hull COMMAND --help' for more information on a command."
+    )
+
+
+def _group_help(name: str, group: Group) -> str:
+    body = _listing({verb: v.help for verb, v in group.verbs.items()}) or "  (no commands yet)"
+    return f"Usage:  hull {name} COMMAND\n\n{group.help}\n\nCommands:\n{body}\n"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Which verb to run, its program name for messages, and its own arguments."""
+
+    prog: str
+    verb: Verb
+    argv: list[str]
+
+
+def find_verb(command: str, rest: Sequence[str]) -> Invocation | str:
+    """The verb `command rest...` names, or a help text to print for a bare group."""
+    group = GROUPS.get(command)
+    if group is not None:
+        if not rest or rest[0] in ("-h", "--help", "help"):
+            return _group_help(command, group)
+        sub = rest[0]
+        verb = group.verbs.get(sub)
+        if verb is None:
+            raise UsageError(
+                f"unknown command \"hull {command} {sub}\"\nSee 'hull {command} --help'."
+            )
+        return Invocation(f"hull {command} {sub}", verb, list(rest[1:]))
+    verb = VERBS.get(command)
+    if verb is None:
+        raise UsageError(f'unknown command "{command}" for "hull"\nSee \'hull --help\'.')
+    return Invocation(f"hull {command}", verb, list(rest))
+
+
+def build_parser(invocation: Invocation) -> tuple[ArgumentParser, object]:
+    """Import the verb's module (only now) and let it declare its flags."""
+    module_name, _, function_name = invocation.verb.target.partition(":")
+    module = importlib.import_module(module_name)
+    function = getattr(module, function_name)
+    parser = ArgumentParser(prog=invocation.prog, description=invocation.verb.help)
+    configure = getattr(module, f"{function_name}_args", None)
+    if configure is not None:
+        configure(parser)
+    return parser, function
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, object] | str:
+    """Parse a full command line; a string result is text to print (help, version)."""
+    top = _top_parser()
+    ns = top.parse_args(list(argv))
+    if ns.version:
+        from hull import __version__
+
+        return f"hull version {__version__}"
+    if not ns.command:
+        return top.format_help()
+    found = find_verb(ns.command, ns.args)
+    if isinstance(found, str):
+        return found
+    parser, function = build_parser(found)
+    args = parser.parse_args(found.argv)
+    from hull.paths import HullPaths
+
+    args.paths = HullPaths.from_env(ns.root, ns.runroot)
+    args.debug = ns.debug
+    return args, function
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = _wants_debug(argv)
+    try:
+        parsed = parse(argv)
+        if isinstance(parsed, str):
+            sys.stdout.write(parsed.rstrip("\n") + "\n")
+            return 0
+        args, function = parsed
+        result = function(args)  # type: ignore[operator]
+        sys.stdout.flush()
+        return int(result or 0)
+    except HullError as e:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"hull: {e.message}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        # `hull images | head`: the reader left; say nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except SystemExit as e:  # argparse --help inside a verb
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except Exception:
+        # A bug, not a user error: show where, keep Docker's engine-failure code.
+        traceback.print_exc()
+        return 125
+
+
+def _wants_debug(argv: Sequence[str]) -> bool:
+    """--debug among the global flags (before the command), decided before parsing can fail."""
+    takes_value = {"--root", "--runroot"}
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token in ("-D", "--debug"):
+            return True
+        if token in takes_value:
+            skip = True
+        elif not token.startswith("-"):
+            return False
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The one SQLite file (HullPaths.db) that holds the engine's state.
+
+WAL so readers (`hull images`, `hull ps`) never wait on a writer, foreign keys so
+a tag cannot outlive its image, and a busy timeout so two `hull` processes queue
+rather than fail. The schema grows by appending to MIGRATIONS: each function runs
+once, in order, inside the transaction that records its version, so a crash
+mid-migration leaves the previous schema intact.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hull.errors import HullError, StateError
+
+BUSY_TIMEOUT_MS = 30_000
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _images_v1(conn: sqlite3.Connection) -> None:
+    """Images keyed by config digest (Docker's image ID), their tags and repo digests."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE images (
+            id                  TEXT PRIMARY KEY,   -- config digest, sha256:...
+            manifest_digest     TEXT NOT NULL,
+            manifest_media_type TEXT NOT NULL,
+            index_digest        TEXT,               -- set when pulled through an index
+            size                INTEGER NOT NULL,   -- unpacked bytes, as `docker images`
+            created             TEXT,               -- the config's created timestamp
+            platform            TEXT NOT NULL,      -- os/arch[/variant]
+            config              TEXT NOT NULL,      -- the config JSON, cached
+            layers              TEXT NOT NULL,      -- JSON: [{digest, mediaType, size,
+                                                    --   diffId, unpackedSize}]
+            added               REAL NOT NULL       -- when this engine recorded it
+        );
+        CREATE TABLE tags (
+            repository TEXT NOT NULL,               -- docker.io/library/busybox
+            tag        TEXT NOT NULL,
+            image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            PRIMARY KEY (repository, tag)
+        );
+        CREATE INDEX tags_by_image ON tags(image_id);
+        CREATE TABLE image_digests (
+            repository TEXT NOT NULL,
+            digest     TEXT NOT NULL,               -- manifest (or index) digest
+            image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            PRIMARY KEY (repository, digest)
+        );
+        CREATE INDEX image_digests_by_image ON image_digests(image_id);
+        """,
+    )
+
+
+# Append only; never reorder or edit a migration that has shipped.
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("images", _images_v1),
+]
+
+
+class Database:
+    """A connection to hull.db with the schema brought up to date on open."""
+
+    def __init__(self, path: Path, migrations: list[tuple[str, Migration]] | None = None) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we issue BEGIN ourselves so transactions are explicit.
+            self.conn = sqlite3.connect(
+                str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as e:
+            raise HullError(f"cannot open the state database {path}: {e}") from e
+        migrate(self.conn, MIGRATIONS if migrations is None else migrations)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE .. COMMIT: take the write lock up front, roll back on any error."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def execute(
+        self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
+    ) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def table_exists(self, name: str) -> bool:
+        return table_exists(self.conn, name)
+
+    def image_in_use(self, image_id: str) -> bool:
+        return image_in_use(self.conn, image_id)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    if not table_exists(conn, "schema_version"):
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[tuple[str, Migration]]) -> int:
+    """Apply the migrations this file has not seen yet; return the resulting version."""
+    if schema_version(conn) == len(migrations):
+        return len(migrations)  # the common case: no write lock taken at all
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
+    )
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = schema_version(conn)
+            if current > len(migrations):
+                raise StateError(
+                    f"the state database is at schema version {current}, newer than this "
+                    f"hull ({len(migrations)}): upgrade hull"
+                )
+            if current == len(migrations):
+                conn.execute("COMMIT")
+                return current
+            name, migration = migrations[current]
+            migration(conn)
+            conn.execute(
+                "INSERT INTO schema_version (version, name, applied) VALUES (?, ?, ?)",
+                (current + 1, name, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run several statements inside the caller's transaction.
+
+    sqlite3's executescript() would COMMIT first, breaking the migration's atomicity.
+    """
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement: {statement.strip()!r}")
+
+
+def table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None
+
+
+def image_in_use(conn: sqlite3.Connection, image_id: str) -> bool:
+    """Whether a container still needs this image (so its layers must stay).
+
+    The containers table arrives with a later migration; until then nothing can
+    use an image. It is expected to have an `image_id` column.
+    """
+    if not table_exists(conn, "containers"):
+        return False
+    row = conn.execute(
+        "SELECT 1 FROM containers WHERE image_id = ? LIMIT 1", (image_id,)
+    ).fetchone()
+    return row is not None
