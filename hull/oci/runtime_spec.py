@@ -470,3 +470,44 @@ def features() -> dict[str, Any]:
         },
         "annotations": {"org.opencontainers.runc.checkpoint.enabled": "false"},
     }
+
+
+# Device cgroup rules runc always appends, so the default /dev works under a
+# "deny all" rule: mknod of anything, the standard nodes, ptys.
+_DEFAULT_DEVICE_RULES = [
+    {"allow": True, "type": "c", "access": "m"},
+    {"allow": True, "type": "b", "access": "m"},
+    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+]
+
+
+def effective_resources(config: dict) -> dict | None:
+    """linux.resources plus the device rules the default devices need."""
+    linux = config.get("linux") or {}
+    resources = linux.get("resources")
+    if resources is None:
+        return None
+    devices = resources.get("devices")
+    if devices is None:
+        return resources
+    extra = list(_DEFAULT_DEVICE_RULES)
+    for dev in linux.get("devices") or []:
+        if dev.get("type") in ("c", "b"):
+            extra.append(
+                {
+                    "allow": True,
+                    "type": dev["type"],
+                    "major": dev["major"],
+                    "minor": dev["minor"],
+                    "access": "rwm",
+                }
+            )
+    return {**resources, "devices": list(devices) + extra}

@@ -65,12 +65,15 @@ def _check_host_support(config: dict, namespaces: dict[str, str | None]) -> None
         from hull.runtime.linux import rlimits
 
         rlimits.validate(process["rlimits"])
-    caps = process.get("capabilities") or {}
-    if caps:
+    if process.get("capabilities"):
         from hull.runtime.linux import capabilities
 
-        for names in caps.values():
-            capabilities.parse(names)
+        capabilities.validate(process["capabilities"])
+    seccomp = (config.get("linux") or {}).get("seccomp")
+    if seccomp:
+        from hull.runtime.linux import seccomp as seccomp_mod
+
+        seccomp_mod.validate(seccomp)
 
 
 def state_json(state: ContainerState, status: str | None = None) -> str:
@@ -99,6 +102,7 @@ def create(
     no_pivot: bool = False,
     run_mode: bool = False,
     preserve_fds: int = 0,
+    console_fd: int | None = None,
 ) -> tuple[ContainerState, Channel]:
     """Set up the container and leave its process waiting for start."""
     from hull.runtime.linux.cgroups import V2Manager, manager_for
@@ -128,9 +132,8 @@ def create(
     cg = manager_for(state.data["cgroup_path"], container_id)
     stage1_pid = init_pid = 0
     chan: Channel | None = None
-    console_fd = None
     try:
-        resources = linux.get("resources")
+        resources = runtime_spec.effective_resources(config)
         cg.create(resources)
         if resources:
             cg.set(resources)
@@ -312,17 +315,35 @@ def run(
     """create + start; in the foreground, wait and return the exit code."""
     import _signal
 
-    state, chan = create(
-        store,
-        container_id,
-        bundle,
-        pid_file=pid_file,
-        console_socket=console_socket,
-        no_pivot=no_pivot,
-        run_mode=True,
-        preserve_fds=preserve_fds,
-    )
+    console_fd = tty_sock = None
+    if not console_socket and not detach and _wants_terminal(bundle):
+        # No console socket: the pty master comes back to us and we proxy our stdio.
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        tty_sock, console_fd = ours.detach(), theirs.detach()
+    try:
+        state, chan = create(
+            store,
+            container_id,
+            bundle,
+            pid_file=pid_file,
+            console_socket=console_socket,
+            no_pivot=no_pivot,
+            run_mode=True,
+            preserve_fds=preserve_fds,
+            console_fd=console_fd,
+        )
+    except BaseException:
+        if tty_sock is not None:
+            os.close(tty_sock)
+        raise
     pid = state.pid
+    master = None
+    if tty_sock is not None:
+        from hull.runtime.tty import receive_master
+
+        master = receive_master(tty_sock)
     if not detach:
         for signum in FORWARDED_SIGNALS:
             _signal.signal(signum, lambda s, _f: _forward(pid, s))
@@ -344,12 +365,23 @@ def run(
             destroy(store, state)
             raise StateError(exec_error)
         return 0
+    if master is not None:
+        from hull.runtime.tty import proxy
+
+        proxy(master)
     code = wait_exit(pid)
     if exec_error is not None:
         os.write(2, f"hull-runtime: {exec_error}\n".encode())
     if not keep:
         destroy(store, state)
     return code
+
+
+def _wants_terminal(bundle: str) -> bool:
+    try:
+        return bool(load_config(os.path.abspath(bundle))["process"].get("terminal"))
+    except ConfigError:
+        return False
 
 
 def _forward(pid: int, signum: int) -> None:

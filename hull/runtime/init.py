@@ -144,7 +144,7 @@ def stage2(chan: Channel, req: InitRequest) -> None:
         builder.close()
     from hull.runtime.process import finalize_and_exec, preload
 
-    preload(process, linux)
+    seccomp_filter = preload(process, linux)
     hook_state = ""
     if req.hooks_in_init:
         import hull.runtime.hooks  # noqa: F401  (startContainer hooks run after pivot_root)
@@ -181,7 +181,7 @@ def stage2(chan: Channel, req: InitRequest) -> None:
         chan.expect("start")
     if req.hooks_in_init:
         _run_hooks(config, "startContainer", hook_state)
-    finalize_and_exec(process, linux, req.preserve_fds or 0)  # type: ignore[arg-type]
+    finalize_and_exec(process, seccomp_filter, req.preserve_fds or 0)  # type: ignore[arg-type]
 
 
 def _run_hooks(config: dict, kind: str, state_json: str) -> None:

@@ -16,21 +16,26 @@ from hull.runtime.linux import syscalls as sc
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def preload(process: dict, linux: dict) -> None:
+def preload(process: dict, linux: dict):  # type: ignore[no-untyped-def]
     """Import what the last steps need while the host's files are still visible.
 
     After pivot_root (or joining the container's mount namespace) neither the
-    hull package nor the standard library can be found, on purpose.
+    hull package, the standard library nor libseccomp can be found, on purpose.
+    Returns the compiled seccomp filter (or None), loaded just before execve.
     """
     from hull.runtime.linux import capabilities, rlimits  # noqa: F401
 
+    compiled = None
     if linux.get("seccomp"):
-        from hull.runtime.linux import seccomp  # noqa: F401
+        from hull.runtime.linux import seccomp
+
+        compiled = seccomp.compile(linux["seccomp"])
     if process.get("terminal"):
         import fcntl  # noqa: F401
         import socket  # noqa: F401
         import struct  # noqa: F401
         import termios  # noqa: F401
+    return compiled
 
 
 def env_dict(env_list: list[str]) -> dict[str, str]:
@@ -111,7 +116,7 @@ def setup_console(process: dict, console_fd: int, bind_console: bool = True) -> 
         os.close(slave)
 
 
-def finalize_and_exec(process: dict, linux: dict, preserve_fds: int = 0) -> None:
+def finalize_and_exec(process: dict, seccomp_filter, preserve_fds: int = 0) -> None:  # type: ignore[no-untyped-def]
     """Drop privileges as the spec says and exec the container's process."""
     from hull.runtime.linux import capabilities, rlimits
 
@@ -120,7 +125,6 @@ def finalize_and_exec(process: dict, linux: dict, preserve_fds: int = 0) -> None
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     caps = process.get("capabilities") or {}
     nnp = bool(process.get("noNewPrivileges"))
-    seccomp = linux.get("seccomp")
 
     rlimits.apply(process.get("rlimits") or [])
     cwd = process.get("cwd") or "/"
@@ -131,13 +135,11 @@ def finalize_and_exec(process: dict, linux: dict, preserve_fds: int = 0) -> None
     path = find_executable(process["args"][0], env.get("PATH", DEFAULT_PATH))
     env.setdefault("HOME", home_of(uid))
 
-    seccomp_early = False
-    if seccomp:
-        from hull.runtime.linux import seccomp as seccomp_mod
-
-        if seccomp_mod.needs_early_load(nnp):
-            seccomp_mod.load(seccomp)
-            seccomp_early = True
+    # Without no_new_privs only a CAP_SYS_ADMIN holder may install a filter,
+    # so it goes in before capabilities are dropped (as runc does).
+    seccomp_early = seccomp_filter is not None and not nnp
+    if seccomp_early:
+        seccomp_filter.load()
     capabilities.drop_bounding(caps)
     sc.prctl(sc.PR_SET_KEEPCAPS, 1)
     try:
@@ -156,10 +158,8 @@ def finalize_and_exec(process: dict, linux: dict, preserve_fds: int = 0) -> None
     capabilities.apply(caps)
     if nnp:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    if seccomp and not seccomp_early:
-        from hull.runtime.linux import seccomp as seccomp_mod
-
-        seccomp_mod.load(seccomp)
+    if seccomp_filter is not None and not seccomp_early:
+        seccomp_filter.load()
     sc.close_range(3 + preserve_fds, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
     try:
         os.execve(path, process["args"], env)

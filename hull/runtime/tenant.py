@@ -148,11 +148,11 @@ def _tenant_stage1(
     from hull.runtime.process import preload
 
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    preload(process, linux)
+    seccomp_filter = preload(process, linux)
     ns.join(opened)
     pid = os.fork()
     if pid == 0:
-        child_main(_tenant_stage2, chan, root_fd, process, linux, console_fd, preserve_fds)
+        child_main(_tenant_stage2, chan, root_fd, process, seccomp_filter, console_fd, preserve_fds)
     chan.send("pid", str(pid))
 
 
@@ -160,7 +160,7 @@ def _tenant_stage2(
     chan: Channel,
     root_fd: int,
     process: dict,
-    linux: dict,
+    seccomp_filter: object,
     console_fd: int | None,
     preserve_fds: int,
 ) -> None:
@@ -176,4 +176,4 @@ def _tenant_stage2(
         setup_console(process, console_fd, bind_console=False)
     from hull.runtime.process import finalize_and_exec
 
-    finalize_and_exec(process, linux, preserve_fds)
+    finalize_and_exec(process, seccomp_filter, preserve_fds)
