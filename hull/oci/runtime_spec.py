@@ -344,7 +344,7 @@ def _check_sysctl(key: str, namespaces: set[str], config: dict) -> None:
 def validate_process(process: Any) -> dict:
     """Validate a process.json given to `exec --process`."""
     _validate_process(process, required=True)
-    return process  # type: ignore[no-any-return]
+    return process
 
 
 def default_spec() -> dict[str, Any]:

@@ -86,7 +86,7 @@ class Context:
         if manager not in (None, "cgroupfs", "systemd"):
             raise ConfigError(f"--cgroup-manager must be cgroupfs or systemd, not {manager!r}")
 
-    def store(self):  # type: ignore[no-untyped-def]
+    def store(self):
         from hull.runtime.state import StateStore
 
         return StateStore(self.root)
@@ -114,7 +114,7 @@ class Context:
             pass
 
 
-def parse_flags(argv: list[str], flags: Flags, stop_after: int = 0):  # type: ignore[no-untyped-def]
+def parse_flags(argv: list[str], flags: Flags, stop_after: int = 0):
     """GNU-style flags: --name value, --name=value, -x value, bool flags; `--` ends them.
 
     stop_after=N: once N positionals are seen the rest is taken verbatim (the

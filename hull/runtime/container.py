@@ -45,7 +45,7 @@ def load_config(bundle: str) -> dict:
     return runtime_spec.validate(config)
 
 
-def _cgroup(state: ContainerState):  # type: ignore[no-untyped-def]
+def _cgroup(state: ContainerState):
     from hull.runtime.linux.cgroups import manager_for
 
     return manager_for(state.data.get("cgroup_path"), state.id)
@@ -211,7 +211,7 @@ def create(
             os.close(console_fd)
 
 
-def _cgroup_mount_names(cg, v2: bool) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _cgroup_mount_names(cg, v2: bool) -> dict[str, str]:
     """Name under /sys/fs/cgroup inside the container -> the container's host dir."""
     dirs = cg.hierarchy_dirs()
     if v2:
@@ -231,7 +231,7 @@ def _connect_console(path: str) -> int:
     return sock.detach()
 
 
-def _abort(state, cg, chan, stage1_pid: int, init_pid: int) -> None:  # type: ignore[no-untyped-def]
+def _abort(state, cg, chan, stage1_pid: int, init_pid: int) -> None:
     """Undo a failed create: kill the children, drop the cgroup and state dir."""
     for pid in (init_pid, stage1_pid):
         if pid:

@@ -19,6 +19,10 @@ from hull.runtime.channel import Channel
 from hull.runtime.linux import namespaces as ns
 from hull.runtime.linux import syscalls as sc
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing imports cost start-up time: only for mypy
+    from collections.abc import Callable
+
 
 class InitRequest:
     """Everything the children need, computed before fork."""
@@ -38,17 +42,40 @@ class InitRequest:
         "hooks_in_init",
     )
 
-    def __init__(self, **kw: object) -> None:
-        for key in self.__slots__:
-            setattr(self, key, kw.get(key))
+    def __init__(
+        self,
+        config: dict,
+        rootfs: str,
+        bundle: str,
+        state_dir: str,
+        namespaces: dict[str, str | None],
+        cgroup_paths: dict[str, str],
+        cgroup_v2: bool,
+        console_fd: int | None,
+        no_pivot: bool,
+        wait_fifo: bool,
+        preserve_fds: int,
+        hooks_in_init: bool,
+    ) -> None:
+        self.config = config
+        self.rootfs = rootfs
+        self.bundle = bundle
+        self.state_dir = state_dir
+        self.namespaces = namespaces
+        self.cgroup_paths = cgroup_paths
+        self.cgroup_v2 = cgroup_v2
+        self.console_fd = console_fd
+        self.no_pivot = no_pivot
+        self.wait_fifo = wait_fifo
+        self.preserve_fds = preserve_fds
+        self.hooks_in_init = hooks_in_init
 
 
-def child_main(fn, *args: object) -> None:  # type: ignore[no-untyped-def]
+def child_main(fn: Callable[..., None], chan: Channel, *args: object) -> None:
     """Run fn in a forked child; report failures on the channel; never return."""
-    chan: Channel = args[0]  # type: ignore[assignment]
     code = 1
     try:
-        fn(*args)
+        fn(chan, *args)
         code = 0
     except HullError as err:
         _trace()
@@ -86,7 +113,7 @@ def _report(chan: Channel, message: str) -> None:
 def stage1(chan: Channel, req: InitRequest) -> None:
     """Enter or create namespaces, then fork PID 1 of the new pid namespace."""
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    namespaces: dict[str, str | None] = req.namespaces  # type: ignore[assignment]
+    namespaces: dict[str, str | None] = req.namespaces
     chan.expect("go")
     opened = ns.open_paths(namespaces)
     user_join = [o for o in opened if o[0] == "user"]
@@ -106,7 +133,7 @@ def stage1(chan: Channel, req: InitRequest) -> None:
         except OSError as err:
             raise HullError(f"cannot create namespaces: {err.strerror}") from None
     if namespaces.get("time", "x") is None:
-        ns.write_time_offsets((req.config.get("linux") or {}).get("timeOffsets") or {})  # type: ignore[union-attr]
+        ns.write_time_offsets((req.config.get("linux") or {}).get("timeOffsets") or {})
     pid = os.fork()
     if pid == 0:
         child_main(stage2, chan, req)
@@ -117,8 +144,8 @@ def stage2(chan: Channel, req: InitRequest) -> None:
     """PID 1: build the root filesystem, wait for start, exec the process."""
     from hull.runtime.linux import rootfs as rootfs_mod
 
-    config: dict = req.config  # type: ignore[assignment]
-    namespaces: dict[str, str | None] = req.namespaces  # type: ignore[assignment]
+    config: dict = req.config
+    namespaces: dict[str, str | None] = req.namespaces
     process = config["process"]
     linux = config.get("linux") or {}
     os.setsid()
@@ -130,13 +157,13 @@ def stage2(chan: Channel, req: InitRequest) -> None:
             raise HullError(f"cannot set oomScoreAdj: {err.strerror}") from None
     fifo_dir = -1
     if req.wait_fifo:
-        fifo_dir = os.open(req.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # type: ignore[arg-type]
+        fifo_dir = os.open(req.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     if "mount" in namespaces:
         builder = rootfs_mod.RootfsBuilder(
             config,
-            req.rootfs,  # type: ignore[arg-type]
-            req.bundle,  # type: ignore[arg-type]
-            req.cgroup_paths,  # type: ignore[arg-type]
+            req.rootfs,
+            req.bundle,
+            req.cgroup_paths,
             bool(req.cgroup_v2),
             "user" in namespaces,
         )
@@ -154,11 +181,11 @@ def stage2(chan: Channel, req: InitRequest) -> None:
         _run_hooks(config, "createContainer", hook_state)
     if "mount" in namespaces:
         if req.no_pivot:
-            rootfs_mod.move_root(req.rootfs)  # type: ignore[arg-type]
+            rootfs_mod.move_root(req.rootfs)
         else:
-            rootfs_mod.pivot(req.rootfs)  # type: ignore[arg-type]
+            rootfs_mod.pivot(req.rootfs)
     else:
-        os.chroot(req.rootfs)  # type: ignore[arg-type]
+        os.chroot(req.rootfs)
         os.chdir("/")
     if config.get("hostname"):
         sc.sethostname(config["hostname"])
@@ -169,7 +196,7 @@ def stage2(chan: Channel, req: InitRequest) -> None:
     if process.get("terminal") and req.console_fd is not None:
         from hull.runtime.process import setup_console
 
-        setup_console(process, req.console_fd)  # type: ignore[arg-type]
+        setup_console(process, req.console_fd)
     chan.send("ready")
     if req.wait_fifo:
         # Blocks until `start` opens the fifo for reading (runtime-spec "start").
@@ -181,7 +208,7 @@ def stage2(chan: Channel, req: InitRequest) -> None:
         chan.expect("start")
     if req.hooks_in_init:
         _run_hooks(config, "startContainer", hook_state)
-    finalize_and_exec(process, seccomp_filter, req.preserve_fds or 0)  # type: ignore[arg-type]
+    finalize_and_exec(process, seccomp_filter, req.preserve_fds or 0)
 
 
 def _run_hooks(config: dict, kind: str, state_json: str) -> None:

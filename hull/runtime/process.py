@@ -16,7 +16,7 @@ from hull.runtime.linux import syscalls as sc
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def preload(process: dict, linux: dict):  # type: ignore[no-untyped-def]
+def preload(process: dict, linux: dict):
     """Import what the last steps need while the host's files are still visible.
 
     After pivot_root (or joining the container's mount namespace) neither the
@@ -116,7 +116,7 @@ def setup_console(process: dict, console_fd: int, bind_console: bool = True) -> 
         os.close(slave)
 
 
-def finalize_and_exec(process: dict, seccomp_filter, preserve_fds: int = 0) -> None:  # type: ignore[no-untyped-def]
+def finalize_and_exec(process: dict, seccomp_filter, preserve_fds: int = 0) -> None:
     """Drop privileges as the spec says and exec the container's process."""
     from hull.runtime.linux import capabilities, rlimits
 

@@ -54,11 +54,11 @@ class ContainerState:
 
     @property
     def id(self) -> str:
-        return self.data["id"]  # type: ignore[no-any-return]
+        return self.data["id"]
 
     @property
     def pid(self) -> int:
-        return self.data.get("pid", 0)  # type: ignore[no-any-return]
+        return self.data.get("pid", 0)
 
     @property
     def fifo(self) -> str:

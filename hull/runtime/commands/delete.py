@@ -12,7 +12,7 @@ FLAGS: Flags = {
 }
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.runtime.container import delete
 
     delete(ctx.store(), require_id(args, verb), bool(opts.get("force")))

@@ -34,7 +34,7 @@ FLAGS: Flags = {
 STOP_AFTER = 2
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.runtime.container import load_config
     from hull.runtime.tenant import build_process, exec_process
 

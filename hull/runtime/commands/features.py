@@ -8,7 +8,7 @@ USAGE = ""
 FLAGS: Flags = {"--help": ("help", False, False)}
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.oci.runtime_spec import features
     from hull.runtime import fastjson
 

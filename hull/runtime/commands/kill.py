@@ -41,7 +41,7 @@ def parse_signal(text: str) -> int:
     return num
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.runtime.container import kill
 
     signum = parse_signal(args[1]) if len(args) > 1 else 15

@@ -9,7 +9,7 @@ USAGE = "ID"
 FLAGS: Flags = {"--help": ("help", False, False)}
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.runtime.container import _cgroup
     from hull.runtime.state import PAUSED, RUNNING
 

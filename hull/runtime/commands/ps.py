@@ -15,7 +15,7 @@ FLAGS: Flags = {
 }
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.runtime import fastjson
     from hull.runtime.container import _cgroup
 

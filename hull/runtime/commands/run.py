@@ -16,7 +16,7 @@ FLAGS: Flags = {
 }
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.runtime.container import run
 
     return run(

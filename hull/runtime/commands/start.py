@@ -8,7 +8,7 @@ USAGE = "ID"
 FLAGS: Flags = {"--help": ("help", False, False)}
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.runtime.container import start
 
     start(ctx.store(), require_id(args, verb))

@@ -88,7 +88,7 @@ def resources_from_flags(opts: dict) -> dict:
     return res
 
 
-def main(ctx, verb: str, opts: dict, args: list[str]) -> int:  # type: ignore[no-untyped-def]
+def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
     from hull.runtime import fastjson
     from hull.runtime.container import _cgroup
     from hull.runtime.state import STOPPED
