@@ -523,3 +523,30 @@ def test_run_with_terminal_proxies_our_tty(rt, tmp_path, busybox_rootfs):
     os.close(master)
     assert b"hi-3" in output
     assert b"/dev/pts/0" in output  # the container's own devpts instance
+
+
+def test_signals_are_forwarded_in_the_foreground(rt, tmp_path, busybox_rootfs):
+    script = "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"
+    bundle, _ = make_bundle(tmp_path, busybox_rootfs, ["sh", "-c", script])
+    proc = subprocess.Popen(
+        rt.cmd("run", "--bundle", str(bundle), container_id()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(15)
+    assert proc.wait(timeout=20) == 42
+
+
+def test_hook_timeout_fails_create(rt, tmp_path, busybox_rootfs):
+    hooks = {"prestart": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]}
+    bundle, config = make_bundle(tmp_path, busybox_rootfs, ["true"], hooks=hooks)
+    cid = container_id()
+    start = time.monotonic()
+    out = rt.run_detached("create", "--bundle", str(bundle), cid)
+    assert out.returncode != 0
+    assert "timed out after 1s" in out.stderr
+    assert time.monotonic() - start < 20
+    assert not (rt.root / cid).exists()
+    assert cgroup_dirs(config["linux"]["cgroupsPath"]) == []
