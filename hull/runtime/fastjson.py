@@ -9,7 +9,10 @@ wrappers, which need `re` for leading whitespace, are skipped.
 from __future__ import annotations
 
 import _json
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` costs ~6 ms with its imports; only mypy needs it here
+    from typing import Any
 
 
 class _ScannerContext:
@@ -25,7 +28,7 @@ class _ScannerContext:
         return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
 
 
-_scan = _json.make_scanner(_ScannerContext())  # type: ignore[attr-defined]
+_scan = _json.make_scanner(_ScannerContext())  # type: ignore[arg-type]  # a duck-typed context
 _WS = " \t\n\r"
 
 
@@ -35,19 +38,31 @@ class JSONError(ValueError):
 
 def loads(text: str | bytes) -> Any:
     if isinstance(text, bytes):
-        text = text.decode("utf-8-sig")
+        # "utf-8-sig" would import its codec module; dropping the BOM by hand does not
+        text = (text[3:] if text.startswith(b"\xef\xbb\xbf") else text).decode()
     start = len(text) - len(text.lstrip(_WS))
     try:
         value, end = _scan(text, start)
-    except StopIteration as err:
-        raise JSONError(f"invalid JSON at offset {err.value}") from None
-    except ValueError as err:
-        raise JSONError(f"invalid JSON: {err}") from None
+    except (StopIteration, ValueError, SystemError):
+        # Malformed: the C scanner builds its error from json.decoder, and when that
+        # is not imported it fails with SystemError instead, so let json explain.
+        _explain(text)
+        raise JSONError("invalid JSON") from None
     finally:
         _ScannerContext.memo.clear()
     if text[end:].strip(_WS):
         raise JSONError(f"invalid JSON: extra data at offset {end}")
     return value
+
+
+def _explain(text: str) -> None:
+    """Raise JSONError with json's own message (line, column) for malformed text."""
+    import json
+
+    try:
+        json.loads(text)
+    except ValueError as err:
+        raise JSONError(f"invalid JSON: {err}") from None
 
 
 def _default(obj: object) -> Any:
@@ -56,7 +71,7 @@ def _default(obj: object) -> Any:
 
 def dumps(obj: Any) -> str:
     """Compact JSON (the C encoder has no indent support)."""
-    encoder = _json.make_encoder(  # type: ignore[attr-defined]
+    encoder = _json.make_encoder(
         {}, _default, _json.encode_basestring_ascii, None, ":", ",", False, False, True
     )
     return "".join(encoder(obj, 0))

@@ -114,6 +114,10 @@ def stage1(chan: Channel, req: InitRequest) -> None:
     """Enter or create namespaces, then fork PID 1 of the new pid namespace."""
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     namespaces: dict[str, str | None] = req.namespaces
+    # Import what stage 2 needs while the parent joins us to the cgroup.
+    import hull.runtime.linux.rootfs  # noqa: F401
+    import hull.runtime.process  # noqa: F401
+
     chan.expect("go")
     opened = ns.open_paths(namespaces)
     user_join = [o for o in opened if o[0] == "user"]

@@ -17,7 +17,14 @@ TEMPLATE = """#!{python} -IS
 import sys
 sys.path.insert(0, {package_parent!r})
 from hull.runtime.cli import main
-sys.exit(main())
+code = main()
+try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+except (OSError, ValueError):
+    pass
+import os
+os._exit(code)  # skip interpreter teardown: nothing is left to finalize
 """
 
 

@@ -206,6 +206,23 @@ def test_pids_limit_makes_fork_fail_with_eagain(cgroups: Cgroups) -> None:
 
 
 @needs_v1
+def test_deny_all_devices_still_allows_the_standard_nodes(cgroups: Cgroups, tmp_path: Path) -> None:
+    # what `hull-runtime spec` writes: init must still mknod and use /dev/null & co.
+    resources = {"devices": [{"allow": False, "access": "rwm"}]}
+    manager = cgroups.manager()
+    manager.create(resources)
+    manager.set(resources)
+    script = (
+        'echo x > /dev/null && mknod "$1/null" c 1 3 && echo x > "$1/null" && echo ok; '
+        ": < /dev/kmsg && echo kmsg-opened"
+    )
+    proc = cgroups.spawn_in(manager, ["sh", "-c", script, "sh", str(tmp_path)])
+    out, err = proc.communicate(timeout=30)
+    assert out.decode().split() == ["ok"], err
+    assert b"Operation not permitted" in err  # /dev/kmsg (1:11) stays denied
+
+
+@needs_v1
 def test_memory_hog_is_oom_killed(cgroups: Cgroups) -> None:
     manager = cgroups.manager()
     resources = {"memory": {"limit": 16 * MiB, "swap": 16 * MiB}}

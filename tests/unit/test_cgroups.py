@@ -420,10 +420,21 @@ def test_v1_set_writes_exact_files(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert read(blkio / "blkio.throttle.read_bps_device") == "8:0 1048576"
     assert read(blkio / "blkio.throttle.write_iops_device") == "8:16 100"
     devices = kernel.written("devices/")
+    # the config's rules, then runc's default allowed devices (init must mknod /dev/null)
     assert devices == [
         ("devices/hull/c1/devices.deny", "a *:* rwm"),
         ("devices/hull/c1/devices.allow", "c 1:3 rwm"),
         ("devices/hull/c1/devices.allow", "c 136:* rw"),
+        ("devices/hull/c1/devices.allow", "c *:* m"),
+        ("devices/hull/c1/devices.allow", "b *:* m"),
+        ("devices/hull/c1/devices.allow", "c 1:3 rwm"),
+        ("devices/hull/c1/devices.allow", "c 1:8 rwm"),
+        ("devices/hull/c1/devices.allow", "c 1:7 rwm"),
+        ("devices/hull/c1/devices.allow", "c 5:0 rwm"),
+        ("devices/hull/c1/devices.allow", "c 1:5 rwm"),
+        ("devices/hull/c1/devices.allow", "c 1:9 rwm"),
+        ("devices/hull/c1/devices.allow", "c 136:* rwm"),
+        ("devices/hull/c1/devices.allow", "c 5:2 rwm"),
     ]
     # the memory limit goes in before memsw while memsw is still unlimited
     memory_writes = [p.rsplit("/", 1)[1] for p, _ in kernel.written("memory/")]

@@ -8,16 +8,16 @@ CAP_SETPCAP), then the lead's keepcaps + uid/gid switch, then apply().
 from __future__ import annotations
 
 import errno
-import logging
-from collections.abc import Iterable, Mapping
-from functools import cache
-from typing import Any
+from _collections_abc import Mapping  # what collections.abc re-exports; os already loaded it
 
 from hull.errors import ConfigError, KernelError
-from hull.oci.default_seccomp import DOCKER_DEFAULT_CAPS
 from hull.runtime.linux import syscalls
+from hull.runtime.warn import warn
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` and `collections` cost milliseconds on the start path
+    from collections.abc import Iterable
+    from typing import Any
 
 # linux/capability.h, in the OCI spelling.
 CAPS: dict[str, int] = {
@@ -65,21 +65,35 @@ CAPS: dict[str, int] = {
 }
 _NAMES_BY_NUMBER = {number: name for name, number in CAPS.items()}
 
-# Docker's default capability set (the same tuple the default seccomp profile uses).
-DOCKER_DEFAULT: list[str] = list(DOCKER_DEFAULT_CAPS)
-
 _SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 
+_last_cap: int | None = None
 
-@cache
+
+def __getattr__(name: str) -> list[str]:
+    """DOCKER_DEFAULT, Docker's default capability set, read on first use.
+
+    It lives with the default seccomp profile, whose module is too heavy to load
+    on the start path of `hull-runtime run`, which never needs this list.
+    """
+    if name == "DOCKER_DEFAULT":
+        from hull.oci.default_seccomp import DOCKER_DEFAULT_CAPS
+
+        return list(DOCKER_DEFAULT_CAPS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def last_cap() -> int:
     """The highest capability this kernel knows (/proc/sys/kernel/cap_last_cap)."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        # No /proc (e.g. before it is mounted): assume the kernel knows what we know.
-        return max(CAPS.values())
+    global _last_cap
+    if _last_cap is None:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+                _last_cap = int(f.read())
+        except (OSError, ValueError):
+            # No /proc (e.g. before it is mounted): assume the kernel knows what we know.
+            return max(CAPS.values())
+    return _last_cap
 
 
 def parse(names: Iterable[str]) -> int:
@@ -99,7 +113,7 @@ def parse(names: Iterable[str]) -> int:
             continue
         mask |= 1 << number
     if unavailable:
-        log.warning("ignoring capabilities this kernel lacks: %s", ", ".join(unavailable))
+        warn(f"ignoring capabilities this kernel lacks: {', '.join(unavailable)}", __name__)
     return mask
 
 
@@ -141,11 +155,14 @@ def drop_bounding(caps: Mapping[str, Any] | None) -> None:
     for number in range(last_cap() + 1):
         if keep >> number & 1:
             continue
-        if not syscalls.prctl(syscalls.PR_CAPBSET_READ, number):
-            continue  # already gone: saves a syscall and needs no CAP_SETPCAP
         try:
             syscalls.prctl(syscalls.PR_CAPBSET_DROP, number)
         except OSError as e:
+            # Without CAP_SETPCAP every drop fails, even of a capability that is
+            # already gone; that one is fine. (Reading first would cost a syscall
+            # per capability on the common path, where all are present.)
+            if e.errno == errno.EPERM and not syscalls.prctl(syscalls.PR_CAPBSET_READ, number):
+                continue
             name = _NAMES_BY_NUMBER.get(number, str(number))
             raise KernelError(f"cannot drop {name} from the bounding set: {e.strerror}") from e
 

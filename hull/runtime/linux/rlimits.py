@@ -8,14 +8,16 @@ container, apply() clamps such a request to the current hard limit and warns.
 
 from __future__ import annotations
 
-import logging
-import resource
-from collections.abc import Mapping, Sequence
-from typing import Any
+from _collections_abc import Mapping  # what collections.abc re-exports; os already loaded it
 
 from hull.errors import ConfigError, KernelError
+from hull.runtime.linux import syscalls
+from hull.runtime.warn import warn
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` and `collections` cost milliseconds on the start path
+    from collections.abc import Sequence
+    from typing import Any
 
 # asm-generic/resource.h (x86_64 and aarch64 use the generic numbering).
 RLIMITS: dict[str, int] = {
@@ -37,14 +39,10 @@ RLIMITS: dict[str, int] = {
     "RLIMIT_RTTIME": 15,
 }
 
-# The OCI spec's values are uint64; RLIM_INFINITY is all ones. Values that do not
-# fit Python's signed rlim_t conversion are that large only to mean "unlimited".
-_UINT64_MAX = (1 << 64) - 1
-_SIGNED_MAX = (1 << 63) - 1
-
-
-def _to_rlim(value: int) -> int:
-    return resource.RLIM_INFINITY if value > _SIGNED_MAX else value
+# The OCI spec's values are uint64, as is the kernel's rlim_t, and prlimit goes
+# through ctypes (syscalls.prlimit), so values pass unchanged: all ones is
+# RLIM_INFINITY, the largest value, and limits compare as plain integers.
+_UINT64_MAX = syscalls.RLIM_INFINITY
 
 
 def _limit_value(entry: Mapping[str, Any], key: str, where: str) -> int:
@@ -73,10 +71,9 @@ def _parsed(rlimits: Sequence[Mapping[str, Any]] | None) -> list[tuple[str, int,
         seen.add(kind)
         soft = _limit_value(entry, "soft", where)
         hard = _limit_value(entry, "hard", where)
-        if _above(_to_rlim(soft), _to_rlim(hard)):
-            shown_soft, shown_hard = _show(_to_rlim(soft)), _show(_to_rlim(hard))
+        if soft > hard:
             raise ConfigError(
-                f"{where}: {kind} soft limit {shown_soft} is above its hard limit {shown_hard}"
+                f"{where}: {kind} soft limit {_show(soft)} is above its hard limit {_show(hard)}"
             )
         result.append((kind, soft, hard))
     return result
@@ -90,42 +87,31 @@ def validate(rlimits: Sequence[Mapping[str, Any]] | None) -> None:
 def apply(rlimits: Sequence[Mapping[str, Any]] | None) -> None:
     """Set each limit on the calling process (prlimit on ourselves)."""
     for kind, soft, hard in _parsed(rlimits):
-        _apply_one(kind, RLIMITS[kind], _to_rlim(soft), _to_rlim(hard))
-
-
-def _above(a: int, b: int) -> bool:
-    """a > b with RLIM_INFINITY (-1 in Python) as the largest value."""
-    inf = resource.RLIM_INFINITY
-    if a == b:
-        return False
-    return a == inf or (b != inf and a > b)
+        _apply_one(kind, RLIMITS[kind], soft, hard)
 
 
 def _apply_one(kind: str, number: int, soft: int, hard: int) -> None:
     try:
-        resource.prlimit(0, number, (soft, hard))
+        syscalls.prlimit(0, number, (soft, hard))
         return
     except PermissionError:
         pass  # a hard limit above ours, without CAP_SYS_RESOURCE (or above nr_open)
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise KernelError(f"cannot set {kind}: {e}") from e
-    _, current_hard = resource.getrlimit(number)
-    if not _above(hard, current_hard):
+    _, current_hard = syscalls.prlimit(0, number)
+    if hard <= current_hard:
         raise KernelError(f"cannot set {kind} to soft={soft} hard={hard}: permission denied")
-    clamped_soft = current_hard if _above(soft, current_hard) else soft
-    log.warning(
-        "%s hard limit %s is above the allowed %s (no CAP_SYS_RESOURCE); using soft=%s hard=%s",
-        kind,
-        _show(hard),
-        _show(current_hard),
-        _show(clamped_soft),
-        _show(current_hard),
+    clamped_soft = min(soft, current_hard)
+    warn(
+        f"{kind} hard limit {_show(hard)} is above the allowed {_show(current_hard)} "
+        f"(no CAP_SYS_RESOURCE); using soft={_show(clamped_soft)} hard={_show(current_hard)}",
+        __name__,
     )
     try:
-        resource.prlimit(0, number, (clamped_soft, current_hard))
-    except (OSError, ValueError) as e:
+        syscalls.prlimit(0, number, (clamped_soft, current_hard))
+    except OSError as e:
         raise KernelError(f"cannot set {kind}: {e}") from e
 
 
 def _show(value: int) -> str:
-    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+    return "unlimited" if value == syscalls.RLIM_INFINITY else str(value)

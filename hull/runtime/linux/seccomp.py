@@ -15,18 +15,16 @@ for syscalls newer than the profile (they get the default action instead).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
-import logging
 import os
-import tempfile
-from collections.abc import Mapping
-from functools import cache
-from typing import Any, TypeGuard
+from _collections_abc import Mapping  # what collections.abc re-exports; os already loaded it
 
 from hull.errors import ConfigError, KernelError
+from hull.runtime.warn import debug
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` costs milliseconds on the runtime's start path
+    from typing import Any, TypeGuard
 
 # libseccomp's seccomp.h: actions. ERRNO and TRACE carry 16 bits of data.
 _ACT_KILL_PROCESS = 0x80000000
@@ -118,12 +116,20 @@ class _ArgCmp(ctypes.Structure):
     ]
 
 
-@cache
+_loaded: ctypes.CDLL | None = None
+
+
 def _lib() -> ctypes.CDLL:
-    """libseccomp.so.2, loaded on first use so importing this module costs nothing."""
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    """libseccomp.so.2, loaded on first use so importing this module costs nothing.
+
+    Found by its soname through the dynamic loader's own search, as ctypes.util's
+    find_library (which runs ldconfig -p, and costs an import) would find it.
+    """
+    global _loaded
+    if _loaded is not None:
+        return _loaded
     try:
-        lib = ctypes.CDLL(name, use_errno=True)
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
     except OSError as e:
         raise KernelError(f"seccomp needs libseccomp (libseccomp.so.2): {e}") from e
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
@@ -145,6 +151,7 @@ def _lib() -> ctypes.CDLL:
     ]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
     lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    _loaded = lib
     return lib
 
 
@@ -171,8 +178,9 @@ class Filter:
 
     def export_bpf(self) -> bytes:
         """The BPF program the kernel would get, for inspection and tests."""
-        with tempfile.TemporaryFile() as f:
-            rc = _lib().seccomp_export_bpf(self.ctx, f.fileno())
+        fd = os.memfd_create("hull-seccomp-bpf", os.MFD_CLOEXEC)
+        with open(fd, "rb") as f:
+            rc = _lib().seccomp_export_bpf(self.ctx, fd)
             if rc < 0:
                 raise KernelError(f"cannot export seccomp filter: {os.strerror(-rc)}")
             f.seek(0)
@@ -323,7 +331,7 @@ def _add_rule(lib: ctypes.CDLL, ctx: int, rule: Any, default_action: int, where:
     for name in names:
         number = lib.seccomp_syscall_resolve_name(name.encode())
         if number == _NR_SCMP_ERROR:
-            log.debug("seccomp: syscall %r unknown on this architecture, skipped", name)
+            debug(f"seccomp: syscall {name!r} unknown on this architecture, skipped", __name__)
             continue
         for group in groups:
             array = (_ArgCmp * len(group))(*group)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -93,7 +92,8 @@ _SYSCALLS_AARCH64 = {
     "pidfd_open": 434,
     "pidfd_send_signal": 424,
 }
-SYSCALL_NR = _SYSCALLS_AARCH64 if platform.machine() == "aarch64" else _SYSCALLS_X86_64
+# os.uname() rather than `platform`, whose import costs more than this whole module.
+SYSCALL_NR = _SYSCALLS_AARCH64 if os.uname().machine == "aarch64" else _SYSCALLS_X86_64
 
 libc.syscall.restype = ctypes.c_long
 libc.mount.argtypes = [
@@ -105,6 +105,7 @@ libc.mount.argtypes = [
 ]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc.prlimit.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
@@ -258,3 +259,29 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     data[0].permitted, data[1].permitted = permitted & mask, permitted >> 32
     data[0].inheritable, data[1].inheritable = inheritable & mask, inheritable >> 32
     _check(libc.syscall(SYSCALL_NR["capset"], ctypes.byref(header), data), "capset")
+
+
+# prlimit(2): rlim_t is 64-bit unsigned on every Linux ABI Hull runs on, so the
+# OCI uint64 values pass through unchanged; all ones is RLIM_INFINITY.
+RLIM_INFINITY = (1 << 64) - 1
+
+
+class _Rlimit(ctypes.Structure):
+    _fields_ = [("soft", ctypes.c_uint64), ("hard", ctypes.c_uint64)]
+
+
+def prlimit(pid: int, resource: int, limits: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Set (when limits is given) and return the previous (soft, hard) of a resource.
+
+    Unlike the `resource` module (not worth its import on the start path), values
+    are unsigned: RLIM_INFINITY is 2**64-1, not -1.
+    """
+    old = _Rlimit()
+    new = _Rlimit(*limits) if limits is not None else None
+    _check(
+        libc.prlimit(
+            pid, resource, ctypes.byref(new) if new is not None else None, ctypes.byref(old)
+        ),
+        f"prlimit({resource})",
+    )
+    return old.soft, old.hard

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any
 
 from hull.errors import HullError, KernelError
 from hull.runtime.linux.cgroups.files import CgroupFiles, read_pids, remove_with_retry
-from hull.runtime.linux.cgroups.mounts import CgroupMount
 from hull.runtime.linux.cgroups.paths import path_components
 
+# Only mypy reads these: `typing`, `abc`, `contextlib` and `signal` together cost more
+# than the cgroup setup itself on the start path of `hull-runtime run`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from hull.runtime.linux.cgroups.mounts import CgroupMount
+
 FREEZE_TIMEOUT = 5.0
+SIGKILL = 9
 
 
 def wait_until(
@@ -39,14 +43,15 @@ def wait_until(
         delay = min(delay * 2, 0.02)
 
 
-class CgroupManager(ABC):
+class CgroupManager:
     """One container's cgroup in every hierarchy of the host's layout.
 
     Lifecycle: create(resources) makes the dirs and checks the controllers;
     set(resources) writes the limits (call it before apply so the process never
     runs unconfined; `update` calls it again); apply(pid) moves a process in;
     destroy() removes the dirs. A manager rebuilt from the same path in another
-    process (`hull-runtime delete`) finds the same dirs.
+    process (`hull-runtime delete`) finds the same dirs. V1Manager and V2Manager fill
+    in the methods that raise NotImplementedError here.
     """
 
     layout: str
@@ -70,43 +75,43 @@ class CgroupManager(ABC):
         """This cgroup's directory in the hierarchy mounted at mountpoint."""
         return os.path.join(mountpoint, *path_components(self.path))
 
-    @abstractmethod
     def hierarchy_dirs(self) -> dict[str, str]:
         """mountpoint -> this cgroup's dir there, for every hierarchy it lives in."""
+        raise NotImplementedError
 
-    @abstractmethod
     def controller_paths(self) -> dict[str, str]:
         """controller name -> host dir of this cgroup (v1), or {"": dir} on v2."""
+        raise NotImplementedError
 
-    @abstractmethod
     def _pids_dir(self) -> str | None:
         """The dir whose subtree lists every process of the container."""
+        raise NotImplementedError
 
     # -- lifecycle -----------------------------------------------------------------
 
-    @abstractmethod
-    def create(self, resources: dict[str, Any] | None) -> None: ...
+    def create(self, resources: dict[str, Any] | None) -> None:
+        raise NotImplementedError
 
-    @abstractmethod
-    def apply(self, pid: int) -> None: ...
+    def apply(self, pid: int) -> None:
+        raise NotImplementedError
 
-    @abstractmethod
-    def set(self, resources: dict[str, Any]) -> None: ...
+    def set(self, resources: dict[str, Any]) -> None:
+        raise NotImplementedError
 
-    @abstractmethod
-    def freeze(self) -> None: ...
+    def freeze(self) -> None:
+        raise NotImplementedError
 
-    @abstractmethod
-    def thaw(self) -> None: ...
+    def thaw(self) -> None:
+        raise NotImplementedError
 
-    @abstractmethod
-    def frozen(self) -> bool: ...
+    def frozen(self) -> bool:
+        raise NotImplementedError
 
-    @abstractmethod
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]:
+        raise NotImplementedError
 
-    @abstractmethod
-    def oom_killed(self) -> bool: ...
+    def oom_killed(self) -> bool:
+        raise NotImplementedError
 
     def _can_freeze(self) -> bool:
         return False
@@ -148,10 +153,12 @@ class CgroupManager(ABC):
                 froze = False
         try:
             for pid in self.pids():
-                with contextlib.suppress(ProcessLookupError):
+                try:
                     os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         finally:
-            if froze or (was_frozen and sig == signal.SIGKILL):
+            if froze or (was_frozen and sig == SIGKILL):
                 self.thaw()
 
     def _remember(self, path: str, created: bool) -> None:
@@ -174,8 +181,10 @@ class CgroupManager(ABC):
         for path in reversed(self._created):
             # plain rmdir, never recursive: another container may have made a
             # sibling under a parent we created in the meantime
-            with contextlib.suppress(OSError):
+            try:
                 self.files.rmdir(path)
+            except OSError:
+                pass
         self._created.clear()
 
     def destroy(self) -> None:
@@ -197,6 +206,8 @@ class CgroupManager(ABC):
         for path in sorted(self._created, key=lambda p: p.count("/"), reverse=True):
             if path in leaves:
                 continue
-            with contextlib.suppress(OSError):
-                self.files.rmdir(path)  # a shared parent still in use stays
+            try:
+                self.files.rmdir(path)
+            except OSError:
+                pass  # a shared parent still in use stays
         self._created.clear()

@@ -36,8 +36,16 @@ class CgroupFiles:
             os.close(fd)
 
     def read(self, path: str) -> str:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        # os.read rather than open(): a text file object costs five extra syscalls
+        # (fstat, ioctl, lseeks) per control file, on the start path.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode()
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
@@ -118,8 +126,24 @@ def add_pid(files: CgroupFiles, directory: str, pid: int) -> None:
 
 
 def remove_tree(files: CgroupFiles, path: str) -> None:
-    """rmdir path and any child cgroups under it, deepest first; gone already is fine."""
-    for name in files.subdirs(path):
+    """rmdir path and any child cgroups under it, deepest first; gone already is fine.
+
+    The plain rmdir comes first: a container's cgroup seldom has children, and
+    listing a dir full of control files for nothing costs on every `delete`.
+    """
+    try:
+        files.rmdir(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        # the kernel says EBUSY for child cgroups (and for processes inside)
+        if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+            raise
+        children = files.subdirs(path)
+        if not children:
+            raise
+    for name in children:
         remove_tree(files, os.path.join(path, name))
     try:
         files.rmdir(path)

@@ -10,8 +10,6 @@ hierarchy named after its controllers).
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
 
 from hull.errors import KernelError
 
@@ -43,23 +41,65 @@ V1_SUBSYSTEMS = frozenset(
 LAYOUTS = ("v1", "v2", "hybrid")
 
 
-@dataclass(frozen=True)
 class CgroupMount:
     """One mounted hierarchy: where it is, its type, and the controllers bound to it.
 
     `controllers` holds v1 subsystem names and named hierarchies such as
     "name=systemd"; for cgroup2 it is empty (its controllers are read from
-    cgroup.controllers when needed).
+    cgroup.controllers when needed). An immutable value (a plain class, not a
+    dataclass: `dataclasses` costs ~5 ms to import on the runtime's start path).
     """
+
+    __slots__ = ("mountpoint", "fstype", "controllers")
 
     mountpoint: str
     fstype: str  # "cgroup" (v1) or "cgroup2"
-    controllers: tuple[str, ...] = field(default=())
+    controllers: tuple[str, ...]
+
+    def __init__(self, mountpoint: str, fstype: str, controllers: tuple[str, ...] = ()) -> None:
+        object.__setattr__(self, "mountpoint", mountpoint)
+        object.__setattr__(self, "fstype", fstype)
+        object.__setattr__(self, "controllers", tuple(controllers))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"CgroupMount is immutable (cannot set {name})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"CgroupMount is immutable (cannot delete {name})")
+
+    def _key(self) -> tuple[str, str, tuple[str, ...]]:
+        return (self.mountpoint, self.fstype, self.controllers)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CgroupMount):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"CgroupMount(mountpoint={self.mountpoint!r}, fstype={self.fstype!r}, "
+            f"controllers={self.controllers!r})"
+        )
 
 
 def _unescape(value: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), value)
+    if "\\" not in value:
+        return value
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        code = value[i + 1 : i + 4]
+        if value[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
 
 
 def parse_mountinfo(text: str) -> list[CgroupMount]:

@@ -6,11 +6,13 @@ conversions follow runc so that a bundle behaves the same under either runtime.
 
 from __future__ import annotations
 
-from typing import Any
-
 from hull.errors import ConfigError
 
-Resources = dict[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` is not worth its import on the runtime's start path
+    from typing import Any, TypeAlias
+
+    Resources: TypeAlias = dict[str, Any]
 
 CPU_CONTROLLER_KEYS = (
     "shares",
@@ -95,6 +97,34 @@ def device_rules(resources: Resources | None) -> list[dict[str, Any]]:
     if not isinstance(rules, list):
         raise ConfigError("linux.resources.devices must be a list")
     return rules
+
+
+def _allow(kind: str, major: int | None, minor: int | None, access: str) -> dict[str, Any]:
+    return {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
+
+
+# runc's AllowedDevices (libcontainer/specconv), appended after the config's own
+# rules: a config that denies everything ("a *:* rwm", as `hull-runtime spec` and
+# Docker write) still lets init mknod /dev/null & co. and the process use them.
+DEFAULT_ALLOWED_DEVICES: tuple[dict[str, Any], ...] = (
+    _allow("c", None, None, "m"),  # mknod of any char device
+    _allow("b", None, None, "m"),  # ... and block device; using them stays denied
+    _allow("c", 1, 3, "rwm"),  # /dev/null
+    _allow("c", 1, 8, "rwm"),  # /dev/random
+    _allow("c", 1, 7, "rwm"),  # /dev/full
+    _allow("c", 5, 0, "rwm"),  # /dev/tty
+    _allow("c", 1, 5, "rwm"),  # /dev/zero
+    _allow("c", 1, 9, "rwm"),  # /dev/urandom
+    _allow("c", 136, None, "rwm"),  # /dev/pts/*
+    _allow("c", 5, 2, "rwm"),  # /dev/ptmx
+)
+
+
+def device_rules_with_defaults(resources: Resources | None) -> list[dict[str, Any]]:
+    """The config's device rules followed by DEFAULT_ALLOWED_DEVICES, as runc writes
+    them; [] when the config has none (the cgroup then keeps allowing everything)."""
+    rules = device_rules(resources)
+    return [*rules, *DEFAULT_ALLOWED_DEVICES] if rules else []
 
 
 def unified(resources: Resources | None) -> dict[str, str]:

@@ -9,9 +9,7 @@ readers) find the container.
 from __future__ import annotations
 
 import errno
-import logging
 import os
-from typing import Any
 
 from hull.errors import ConfigError, KernelError
 from hull.runtime.linux.cgroups import resources as res
@@ -24,10 +22,14 @@ from hull.runtime.linux.cgroups.files import (
     read_value,
     write_value,
 )
-from hull.runtime.linux.cgroups.mounts import CgroupMount
 from hull.runtime.linux.cgroups.paths import path_components
+from hull.runtime.warn import warn
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from hull.runtime.linux.cgroups.mounts import CgroupMount
 
 # memory.limit_in_bytes reads back as PAGE_COUNTER_MAX * page size when unlimited.
 UNLIMITED_THRESHOLD = 1 << 62
@@ -169,7 +171,7 @@ class V1Manager(CgroupManager):
             self._set_blkio(res.section(resources, "blockIO"))
         for entry in res.hugepage_limits(resources):
             self._set_hugepage(entry)
-        rules = res.device_rules(resources)
+        rules = res.device_rules_with_defaults(resources)
         if rules:
             directory = self._require("devices")
             for rule in rules:
@@ -183,7 +185,7 @@ class V1Manager(CgroupManager):
         if self.files.exists(os.path.join(directory, knob)):
             write_value(self.files, directory, knob, value)
         else:
-            log.warning("%s ignored: this kernel has no %s", what, knob)
+            warn(f"{what} ignored: this kernel has no {knob}", __name__)
 
     def _set_memory(self, memory: dict[str, Any]) -> None:
         directory = self._require("memory")
@@ -194,7 +196,7 @@ class V1Manager(CgroupManager):
         if limit == -1 and swap == 0 and has_memsw:
             swap = -1  # unlimited memory: lift the memory+swap limit with it
         if swap and not has_memsw:
-            log.warning("memory swap limit ignored: the kernel has no swap accounting")
+            warn("memory swap limit ignored: the kernel has no swap accounting", __name__)
             swap = 0
         if limit and swap:
             # The kernel insists memory.limit <= memsw.limit after every write, so

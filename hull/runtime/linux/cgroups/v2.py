@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import signal
-from typing import Any
 
 from hull.errors import ConfigError, KernelError
 from hull.runtime.linux.cgroups import resources as res
-from hull.runtime.linux.cgroups.base import FREEZE_TIMEOUT, CgroupManager, wait_until
+from hull.runtime.linux.cgroups.base import FREEZE_TIMEOUT, SIGKILL, CgroupManager, wait_until
 from hull.runtime.linux.cgroups.files import (
     CgroupFiles,
     add_pid,
@@ -19,10 +16,14 @@ from hull.runtime.linux.cgroups.files import (
     read_value,
     write_value,
 )
-from hull.runtime.linux.cgroups.mounts import CgroupMount
 from hull.runtime.linux.cgroups.paths import path_components
+from hull.runtime.warn import debug, warn
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from hull.runtime.linux.cgroups.mounts import CgroupMount
 
 # Interface files a `unified` entry must not touch: they move or kill processes.
 FORBIDDEN_UNIFIED = frozenset({"cgroup.procs", "cgroup.threads", "cgroup.kill"})
@@ -112,7 +113,7 @@ class V2Manager(CgroupManager):
                 try:
                     self.files.write(path, f"+{controller}")
                 except OSError as e:
-                    log.debug("cannot enable %s in %s: %s", controller, directory, e)
+                    debug(f"cannot enable {controller} in {directory}: {e}", __name__)
 
     def apply(self, pid: int) -> None:
         add_pid(self.files, self.dir, pid)
@@ -142,15 +143,14 @@ class V2Manager(CgroupManager):
             write_value(self.files, self.dir, knob, res.v2_max(entry["limit"]))
         rules = res.device_rules(resources)
         if rules:
-            log.warning(
+            warn(
                 "cgroup v2 device rules need an eBPF program, which Hull does not load yet: "
-                "%d rule(s) in linux.resources.devices are NOT enforced for %s",
-                len(rules),
-                self.path,
+                f"{len(rules)} rule(s) in linux.resources.devices are NOT enforced for {self.path}",
+                __name__,
             )
         network = res.section(resources, "network")
         if network.get("classID") is not None or network.get("priorities"):
-            log.warning("linux.resources.network ignored: net_cls/net_prio are cgroup v1 only")
+            warn("linux.resources.network ignored: net_cls/net_prio are cgroup v1 only", __name__)
         for key, value in res.unified(resources).items():
             self._set_unified(key, value)
 
@@ -161,7 +161,7 @@ class V2Manager(CgroupManager):
             if self.files.exists(os.path.join(self.dir, "memory.swap.max")):
                 write_value(self.files, self.dir, "memory.swap.max", res.v2_max(swap))
             elif swap not in (-1, 0):
-                log.warning("memory swap limit ignored: the kernel has no swap accounting")
+                warn("memory swap limit ignored: the kernel has no swap accounting", __name__)
         if limit:
             try:
                 write_value(self.files, self.dir, "memory.max", res.v2_max(limit))
@@ -176,9 +176,9 @@ class V2Manager(CgroupManager):
         if memory.get("reservation"):
             write_value(self.files, self.dir, "memory.low", res.v2_max(memory["reservation"]))
         if memory.get("swappiness") not in (None, -1):
-            log.warning("memory swappiness ignored: cgroup v2 has no per-cgroup swappiness")
+            warn("memory swappiness ignored: cgroup v2 has no per-cgroup swappiness", __name__)
         if memory.get("disableOOMKiller"):
-            log.warning("disableOOMKiller ignored: cgroup v2 cannot disable the OOM killer")
+            warn("disableOOMKiller ignored: cgroup v2 cannot disable the OOM killer", __name__)
 
     def _set_cpu(self, cpu: dict[str, Any]) -> None:
         shares = cpu.get("shares")
@@ -199,14 +199,14 @@ class V2Manager(CgroupManager):
             if self.files.exists(os.path.join(self.dir, "cpu.max.burst")):
                 write_value(self.files, self.dir, "cpu.max.burst", str(cpu["burst"]))
             else:
-                log.warning("cpu burst ignored: this kernel has no cpu.max.burst")
+                warn("cpu burst ignored: this kernel has no cpu.max.burst", __name__)
         if cpu.get("idle") is not None:
             if self.files.exists(os.path.join(self.dir, "cpu.idle")):
                 write_value(self.files, self.dir, "cpu.idle", str(cpu["idle"]))
             else:
-                log.warning("cpu idle ignored: this kernel has no cpu.idle")
+                warn("cpu idle ignored: this kernel has no cpu.idle", __name__)
         if cpu.get("realtimeRuntime") is not None or cpu.get("realtimePeriod") is not None:
-            log.warning("realtime cpu limits ignored: cgroup v2 has no rt bandwidth files")
+            warn("realtime cpu limits ignored: cgroup v2 has no rt bandwidth files", __name__)
 
     def _set_io(self, blkio: dict[str, Any]) -> None:
         # BFQ takes blkio-range weights as they are; io.weight needs runc's conversion.
@@ -223,7 +223,7 @@ class V2Manager(CgroupManager):
                 line = f"{entry['major']}:{entry['minor']} {weight(entry['weight'])}"
                 write_value(self.files, self.dir, knob, line)
         if blkio.get("leafWeight"):
-            log.warning("blockIO leafWeight ignored: cgroup v2 has no leaf weights")
+            warn("blockIO leafWeight ignored: cgroup v2 has no leaf weights", __name__)
         for key, (_, io_key) in res.THROTTLES.items():
             for device, rate in res.throttle_lines(blkio, key):
                 write_value(self.files, self.dir, "io.max", f"{device} {io_key}={rate}")
@@ -270,7 +270,7 @@ class V2Manager(CgroupManager):
     def kill_all(self, sig: int) -> None:
         """SIGKILL goes through cgroup.kill (Linux 5.14+): atomic, no fork race."""
         kill_file = os.path.join(self.dir, "cgroup.kill")
-        if sig == signal.SIGKILL and self.files.exists(kill_file):
+        if sig == SIGKILL and self.files.exists(kill_file):
             write_value(self.files, self.dir, "cgroup.kill", "1")
             return
         super().kill_all(sig)
