@@ -114,23 +114,26 @@ def stage1(chan: Channel, req: InitRequest) -> None:
     """Enter or create namespaces, then fork PID 1 of the new pid namespace."""
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     namespaces: dict[str, str | None] = req.namespaces
-    # Import what stage 2 needs while the parent joins us to the cgroup.
+    # The parent's move of this process into the cgroup waits for an RCU grace
+    # period on cgroup v1 (milliseconds): import and unshare meanwhile, and wait
+    # for "go" only before the cgroup namespace (its root is our cgroup) and fork.
     import hull.runtime.linux.rootfs  # noqa: F401
     import hull.runtime.process  # noqa: F401
 
-    chan.expect("go")
+    joined = False
     opened = ns.open_paths(namespaces)
-    user_join = [o for o in opened if o[0] == "user"]
-    ns.join(user_join)
-    if "user" in namespaces and namespaces["user"] is None:
-        sc.unshare(sc.CLONE_NEWUSER)
-        chan.send("userns")
-        chan.expect("ok")
     if "user" in namespaces:
+        chan.expect("go")  # the id-map exchange below must not cross "go"
+        joined = True
+        ns.join([o for o in opened if o[0] == "user"])
+        if namespaces["user"] is None:
+            sc.unshare(sc.CLONE_NEWUSER)
+            chan.send("userns")
+            chan.expect("ok")
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
-    ns.join([o for o in opened if o[0] != "user"])
-    flags = ns.new_flags(namespaces, exclude=("user",))
+    ns.join([o for o in opened if o[0] not in ("user", "cgroup")])
+    flags = ns.new_flags(namespaces, exclude=("user", "cgroup"))
     if flags:
         try:
             sc.unshare(flags)
@@ -138,6 +141,14 @@ def stage1(chan: Channel, req: InitRequest) -> None:
             raise HullError(f"cannot create namespaces: {err.strerror}") from None
     if namespaces.get("time", "x") is None:
         ns.write_time_offsets((req.config.get("linux") or {}).get("timeOffsets") or {})
+    if not joined:
+        chan.expect("go")
+    ns.join([o for o in opened if o[0] == "cgroup"])
+    if "cgroup" in namespaces and namespaces["cgroup"] is None:
+        try:
+            sc.unshare(sc.CLONE_NEWCGROUP)
+        except OSError as err:
+            raise HullError(f"cannot create the cgroup namespace: {err.strerror}") from None
     pid = os.fork()
     if pid == 0:
         child_main(stage2, chan, req)
