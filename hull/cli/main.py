@@ -40,18 +40,33 @@ class Group:
 
 
 _IMAGES = "hull.cli.images"
+_CONTAINERS = "hull.cli.containers"
+_VOLUMES = "hull.cli.volumes"
 
 VERBS: dict[str, Verb] = {
     "pull": Verb(f"{_IMAGES}:pull", "Download an image from a registry"),
     "push": Verb(f"{_IMAGES}:push", "Upload an image to a registry"),
     "images": Verb(f"{_IMAGES}:images", "List images"),
-    "inspect": Verb(f"{_IMAGES}:inspect", "Show low-level information on objects"),
+    "inspect": Verb(f"{_CONTAINERS}:inspect", "Show low-level information on objects"),
     "tag": Verb(f"{_IMAGES}:tag", "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE"),
     "rmi": Verb(f"{_IMAGES}:rmi", "Remove one or more images"),
     "load": Verb(f"{_IMAGES}:load", "Load images from a tar archive or OCI layout"),
     "save": Verb(f"{_IMAGES}:save", "Save images to a tar archive or OCI layout"),
     "history": Verb(f"{_IMAGES}:history", "Show the history of an image"),
     "login": Verb(f"{_IMAGES}:login", "Log in to a registry"),
+    "run": Verb(f"{_CONTAINERS}:run", "Create and run a new container from an image"),
+    "create": Verb(f"{_CONTAINERS}:create", "Create a new container"),
+    "start": Verb(f"{_CONTAINERS}:start", "Start one or more stopped containers"),
+    "stop": Verb(f"{_CONTAINERS}:stop", "Stop one or more running containers"),
+    "restart": Verb(f"{_CONTAINERS}:restart", "Restart one or more containers"),
+    "kill": Verb(f"{_CONTAINERS}:kill", "Kill one or more running containers"),
+    "rm": Verb(f"{_CONTAINERS}:rm", "Remove one or more containers"),
+    "ps": Verb(f"{_CONTAINERS}:ps", "List containers"),
+    "logs": Verb(f"{_CONTAINERS}:logs", "Fetch the logs of a container"),
+    "wait": Verb(f"{_CONTAINERS}:wait", "Block until containers stop, print exit codes"),
+    "exec": Verb("hull.cli.execute:execute", "Execute a command in a running container"),
+    "pause": Verb(f"{_CONTAINERS}:pause", "Pause all processes within containers"),
+    "unpause": Verb(f"{_CONTAINERS}:unpause", "Unpause all processes within containers"),
     "logout": Verb(f"{_IMAGES}:logout", "Log out from a registry"),
 }
 
@@ -75,8 +90,42 @@ GROUPS: dict[str, Group] = {
             ),
         },
     ),
-    "container": Group("Manage containers"),
-    "volume": Group("Manage volumes"),
+    "container": Group(
+        "Manage containers",
+        {
+            "run": Verb(f"{_CONTAINERS}:run", "Create and run a new container"),
+            "create": Verb(f"{_CONTAINERS}:create", "Create a new container"),
+            "start": Verb(f"{_CONTAINERS}:start", "Start containers"),
+            "stop": Verb(f"{_CONTAINERS}:stop", "Stop containers"),
+            "restart": Verb(f"{_CONTAINERS}:restart", "Restart containers"),
+            "kill": Verb(f"{_CONTAINERS}:kill", "Kill containers"),
+            "rm": Verb(f"{_CONTAINERS}:rm", "Remove containers"),
+            "ls": Verb(f"{_CONTAINERS}:ps", "List containers"),
+            "list": Verb(f"{_CONTAINERS}:ps", "List containers"),
+            "ps": Verb(f"{_CONTAINERS}:ps", "List containers"),
+            "logs": Verb(f"{_CONTAINERS}:logs", "Fetch the logs of a container"),
+            "wait": Verb(f"{_CONTAINERS}:wait", "Wait for containers to stop"),
+            "inspect": Verb(f"{_CONTAINERS}:container_inspect", "Inspect containers"),
+            "exec": Verb("hull.cli.execute:execute", "Execute a command in a container"),
+            "pause": Verb(f"{_CONTAINERS}:pause", "Pause containers"),
+            "unpause": Verb(f"{_CONTAINERS}:unpause", "Unpause containers"),
+            "prune": Verb(f"{_CONTAINERS}:prune", "Remove all stopped containers"),
+            "cleanup": Verb(
+                f"{_CONTAINERS}:cleanup", "(internal) record a container's exit; run by its shim"
+            ),
+        },
+    ),
+    "volume": Group(
+        "Manage volumes",
+        {
+            "create": Verb(f"{_VOLUMES}:create", "Create a volume"),
+            "ls": Verb(f"{_VOLUMES}:ls", "List volumes"),
+            "list": Verb(f"{_VOLUMES}:ls", "List volumes"),
+            "inspect": Verb(f"{_VOLUMES}:inspect", "Display detailed information on volumes"),
+            "rm": Verb(f"{_VOLUMES}:rm", "Remove one or more volumes"),
+            "prune": Verb(f"{_VOLUMES}:prune", "Remove unused volumes"),
+        },
+    ),
     "network": Group("Manage networks"),
     "system": Group("Manage Hull"),
 }

@@ -58,9 +58,46 @@ def _images_v1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _containers_v1(conn: sqlite3.Connection) -> None:
+    """Containers (their run config as JSON, lifecycle state) and named volumes."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE containers (
+            id              TEXT PRIMARY KEY,       -- 64 hex
+            name            TEXT NOT NULL UNIQUE,
+            image_id        TEXT NOT NULL,          -- config digest (may outlive a forced rmi)
+            image_name      TEXT NOT NULL,          -- as the user gave it
+            run_config      TEXT NOT NULL,          -- RunConfig JSON
+            state           TEXT NOT NULL,          -- created running paused exited dead
+            pid             INTEGER NOT NULL DEFAULT 0,
+            shim_pid        INTEGER NOT NULL DEFAULT 0,
+            exit_code       INTEGER,
+            error           TEXT NOT NULL DEFAULT '',
+            created         REAL NOT NULL,
+            started_at      REAL,
+            finished_at     REAL,
+            restart_count   INTEGER NOT NULL DEFAULT 0,
+            stopped_by_user INTEGER NOT NULL DEFAULT 0,
+            oom_killed      INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX containers_by_image ON containers(image_id);
+        CREATE TABLE volumes (
+            name       TEXT PRIMARY KEY,
+            driver     TEXT NOT NULL DEFAULT 'local',
+            mountpoint TEXT NOT NULL,
+            labels     TEXT NOT NULL DEFAULT '{}',
+            anonymous  INTEGER NOT NULL DEFAULT 0,
+            created    REAL NOT NULL
+        );
+        """,
+    )
+
+
 # Append only; never reorder or edit a migration that has shipped.
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("images", _images_v1),
+    ("containers", _containers_v1),
 ]
 
 

@@ -323,10 +323,10 @@ ProgressOption = Any
 class ImageService:
     """The engine's image verbs over the content store, layer store and catalog."""
 
-    def __init__(self, paths: HullPaths) -> None:
+    def __init__(self, paths: HullPaths, db: Database | None = None) -> None:
         self.paths = paths
         paths.root.mkdir(parents=True, exist_ok=True)
-        self.db = Database(paths.db)
+        self.db = db if db is not None else Database(paths.db)
         self.catalog = ImageCatalog(self.db)
         self._store: ContentStore | None = None
         self._layers: LayerStore | None = None

@@ -18,6 +18,10 @@ from hull.runtime.linux import namespaces as ns
 from hull.runtime.linux import syscalls as sc
 from hull.runtime.state import RUNNING, StateStore
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 def build_process(
     config: dict,
@@ -66,8 +70,14 @@ def exec_process(
     pid_file: str | None = None,
     console_socket: str | None = None,
     preserve_fds: int = 0,
+    console_fd: int | None = None,
+    on_started: Callable[[int], None] | None = None,
 ) -> int:
-    """Run process in the container; return its exit code (0 when detached)."""
+    """Run process in the container; return its exit code (0 when detached).
+
+    console_fd: an already connected console socket (the engine's socketpair);
+    on_started(pid) runs once the process is exec'd, before waiting (tty proxy).
+    """
     import _signal
 
     from hull.runtime.container import _cgroup, _connect_console, _reap, write_pid_file
@@ -82,8 +92,7 @@ def exec_process(
     kinds = [k for k in namespaces_of(config) if k in NS_PROC_NAMES]
     opened = ns.open_for_tenant(init_pid, kinds)
     root_fd = os.open(f"/proc/{init_pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    console_fd = None
-    if process.get("terminal"):
+    if process.get("terminal") and console_fd is None:
         if not console_socket:
             raise StateError("exec --tty needs --console-socket")
         console_fd = _connect_console(console_socket)
@@ -133,6 +142,8 @@ def exec_process(
         write_pid_file(pid_file, pid)
     if detach:
         return 0
+    if on_started is not None:
+        on_started(pid)
     return wait_exit(pid)
 
 

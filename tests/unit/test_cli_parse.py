@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hull.cli import containers as container_verbs
 from hull.cli import images as image_verbs
 from hull.cli import output
 from hull.cli.main import GROUPS, VERBS, UsageError, main, parse
@@ -50,7 +51,7 @@ def _parsed(argv: list[str]) -> tuple[argparse.Namespace, object]:
             {"output": "o.tar", "format": "docker", "names": ["a", "b"]},
         ),
         (["save", "--format", "oci", "-o", "d", "a"], image_verbs.save, {"format": "oci"}),
-        (["inspect", "a", "b"], image_verbs.inspect, {"names": ["a", "b"], "format": None}),
+        (["inspect", "a", "b"], container_verbs.inspect, {"names": ["a", "b"], "format": None}),
         (
             ["image", "inspect", "-f", "{{.Id}}", "a"],
             image_verbs.image_inspect,
@@ -101,7 +102,8 @@ def test_help_and_bare_groups_are_text() -> None:
     assert isinstance(top, str) and "image" in top and "pull" in top
     group = parse(["image"])
     assert isinstance(group, str) and "bootstrap" in group and "prune" in group
-    assert "no commands yet" in str(parse(["volume"]))
+    assert "no commands yet" in str(parse(["network"]))
+    assert "prune" in str(parse(["volume"]))
 
 
 @pytest.mark.parametrize(

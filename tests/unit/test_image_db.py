@@ -93,12 +93,12 @@ def test_a_failing_migration_leaves_the_previous_schema(tmp_path: Path) -> None:
 
 
 def test_a_later_migration_adds_tables(tmp_path: Path) -> None:
-    def volumes(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE volumes (name TEXT PRIMARY KEY)")
+    def networks(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE networks (name TEXT PRIMARY KEY)")
 
     Database(tmp_path / "hull.db").close()
-    with Database(tmp_path / "hull.db", migrations=[*MIGRATIONS, ("volumes", volumes)]) as db:
-        assert db.table_exists("volumes")
+    with Database(tmp_path / "hull.db", migrations=[*MIGRATIONS, ("networks", networks)]) as db:
+        assert db.table_exists("networks")
         assert schema_version(db.conn) == len(MIGRATIONS) + 1
 
 
@@ -108,12 +108,18 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         Database(tmp_path / "hull.db")
 
 
+def _add_container(db: Database, cid: str, image_id: str) -> None:
+    db.execute(
+        "INSERT INTO containers (id, name, image_id, image_name, run_config, state, created)"
+        " VALUES (?, ?, ?, 'busybox', '{}', 'created', 0)",
+        (cid, cid, image_id),
+    )
+
+
 def test_image_in_use_follows_the_containers_table(db: Database, catalog: ImageCatalog) -> None:
     _add(catalog, _id("1234"), "busybox")
-    assert image_in_use(db.conn, _id("1234")) is False  # no containers table yet
-    db.execute("CREATE TABLE containers (id TEXT PRIMARY KEY, image_id TEXT)")
-    assert db.image_in_use(_id("1234")) is False
-    db.execute("INSERT INTO containers VALUES ('c1', ?)", (_id("1234"),))
+    assert image_in_use(db.conn, _id("1234")) is False  # no container uses it yet
+    _add_container(db, "c1", _id("1234"))
     assert db.image_in_use(_id("1234")) is True
 
 
@@ -231,8 +237,7 @@ def test_rmi_by_id_with_several_repositories_needs_force(service: ImageService) 
 
 def test_rmi_of_an_image_in_use(service: ImageService) -> None:
     _add(service.catalog, _id("ab"), "busybox")
-    service.db.execute("CREATE TABLE containers (id TEXT PRIMARY KEY, image_id TEXT)")
-    service.db.execute("INSERT INTO containers VALUES ('c1', ?)", (_id("ab"),))
+    _add_container(service.db, "c1", _id("ab"))
     with pytest.raises(StateError, match="container"):
         service.remove("busybox")
     with pytest.raises(StateError, match="container"):

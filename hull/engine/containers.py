@@ -1,0 +1,844 @@
+"""Containers: create, start, stop, kill, remove, wait, and the crash sweep.
+
+Hull is daemonless: each `hull` process is the engine while it runs. A started
+container is supervised by its hull-shim (hull/engine/shim.py), which owns the
+log file and the exit code and outlives any `hull` process. When a container
+exits, its shim runs `hull container cleanup ID` (the exit command) to unmount
+its rootfs, delete the runtime's state, record the exit and apply --rm and the
+restart policy; every `hull` invocation also sweeps (reconcile) what a killed
+process left half done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hull.engine.db import Database
+from hull.engine.runconfig import RunConfig
+from hull.errors import ConfigError, HullError, NotFoundError, StateError
+from hull.paths import HullPaths
+
+if TYPE_CHECKING:
+    from hull.engine.images import ImageRecord, ImageService
+    from hull.engine.runconfig import MountSpec
+    from hull.engine.shim import ShimHandle
+
+CREATED, RUNNING, PAUSED, EXITED, DEAD = "created", "running", "paused", "exited", "dead"
+
+_ADJECTIVES = (
+    "admiring",
+    "brave",
+    "calm",
+    "clever",
+    "eager",
+    "elated",
+    "festive",
+    "gifted",
+    "happy",
+    "jolly",
+    "keen",
+    "kind",
+    "lucid",
+    "modest",
+    "nifty",
+    "proud",
+    "quirky",
+    "serene",
+    "sharp",
+    "stoic",
+    "tender",
+    "upbeat",
+    "vibrant",
+    "witty",
+    "zen",
+)
+_NAMES = (
+    "babbage",
+    "bohr",
+    "curie",
+    "darwin",
+    "dijkstra",
+    "einstein",
+    "feynman",
+    "galileo",
+    "hopper",
+    "hypatia",
+    "kepler",
+    "knuth",
+    "lamport",
+    "lovelace",
+    "mccarthy",
+    "noether",
+    "pascal",
+    "ritchie",
+    "shannon",
+    "thompson",
+    "torvalds",
+    "turing",
+    "wozniak",
+)
+
+
+@dataclass
+class ContainerRecord:
+    """A row of the containers table."""
+
+    id: str
+    name: str
+    image_id: str
+    image_name: str
+    run: RunConfig
+    state: str
+    pid: int
+    shim_pid: int
+    exit_code: int | None
+    error: str
+    created: float
+    started_at: float | None
+    finished_at: float | None
+    restart_count: int
+    stopped_by_user: bool
+    oom_killed: bool
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @classmethod
+    def from_row(cls, row: Any) -> ContainerRecord:
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            image_id=row["image_id"],
+            image_name=row["image_name"],
+            run=RunConfig.from_dict(json.loads(row["run_config"])),
+            state=row["state"],
+            pid=row["pid"],
+            shim_pid=row["shim_pid"],
+            exit_code=row["exit_code"],
+            error=row["error"],
+            created=row["created"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            restart_count=row["restart_count"],
+            stopped_by_user=bool(row["stopped_by_user"]),
+            oom_killed=bool(row["oom_killed"]),
+        )
+
+
+class ContainerLayout:
+    """Where one container's files live (see /var/lib/hull/containers/<id>)."""
+
+    def __init__(self, paths: HullPaths, container_id: str) -> None:
+        self.dir = paths.containers / container_id
+        self.bundle = self.dir / "bundle"
+        self.rootfs = self.bundle / "rootfs"
+        self.upper = self.dir / "upper"
+        self.work = self.dir / "work"
+        self.log = self.dir / f"{container_id}-json.log"
+        self.lock = self.dir / "lock"
+        self.shim_dir = paths.runroot / "shims" / container_id[:12]
+        self.runtime_root = paths.runtime_state
+
+
+class ContainerService:
+    """The engine's container verbs over SQLite, the image store and the shims."""
+
+    def __init__(self, paths: HullPaths, db: Database | None = None) -> None:
+        self.paths = paths
+        self.db = db or Database(paths.db)
+        self._images: ImageService | None = None
+        self._foreground_rm = False
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> ContainerService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def images(self) -> ImageService:
+        if self._images is None:
+            from hull.engine.images import ImageService
+
+            self._images = ImageService(self.paths, self.db)
+        return self._images
+
+    # ------------------------------------------------------------------ lookups
+
+    def get(self, ref: str) -> ContainerRecord:
+        """By full id, name, or unique id prefix (Docker's rules)."""
+        row = self.db.execute(
+            "SELECT * FROM containers WHERE id = ? OR name = ? OR name = ?",
+            (ref, ref, ref.lstrip("/")),
+        ).fetchone()
+        if row is None and ref and all(c in "0123456789abcdef" for c in ref):
+            rows = self.db.execute(
+                "SELECT * FROM containers WHERE id LIKE ? LIMIT 2", (ref + "%",)
+            ).fetchall()
+            if len(rows) > 1:
+                raise ConfigError(f"multiple containers match the id prefix {ref!r}")
+            row = rows[0] if rows else None
+        if row is None:
+            raise NotFoundError(f"no such container: {ref}")
+        return ContainerRecord.from_row(row)
+
+    def list_containers(self, all: bool = False) -> list[ContainerRecord]:
+        rows = self.db.execute("SELECT * FROM containers ORDER BY created DESC").fetchall()
+        records = [ContainerRecord.from_row(r) for r in rows]
+        return records if all else [r for r in records if r.state in (RUNNING, PAUSED)]
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        record = self.get(ref)
+        return inspect_document(record, self.layout(record))
+
+    def layout(self, record_or_id: ContainerRecord | str) -> ContainerLayout:
+        cid = record_or_id if isinstance(record_or_id, str) else record_or_id.id
+        return ContainerLayout(self.paths, cid)
+
+    # ------------------------------------------------------------------ create
+
+    def create(self, run: RunConfig) -> ContainerRecord:
+        """Docker's create: resolve (or pull) the image, name, dirs, a row."""
+        if run.isolation == "vm":
+            raise HullError(
+                "--isolation=vm is not available yet: microVM isolation arrives with its own "
+                "issue; use --isolation=container"
+            )
+        if run.network not in ("none", "host"):
+            raise HullError(
+                f"--network {run.network} is not available yet: use --network none or host "
+                "(bridge networking arrives with the networking issue)"
+            )
+        image = self._image_for(run)
+        cid = secrets.token_hex(32)
+        name = run.name or self._random_name()
+        if run.name:
+            _check_name(run.name)
+        layout = self.layout(cid)
+        layout.dir.mkdir(parents=True)
+        try:
+            for d in (layout.upper, layout.work, layout.rootfs):
+                d.mkdir(parents=True)
+            self._write_etc_files(layout, run, cid)
+            for mount in run.mounts:
+                if mount.type == "volume":
+                    # Anonymous volumes get their generated name now, so every start
+                    # mounts the same one.
+                    from hull.engine.volumes import VolumeService
+
+                    mount.source = VolumeService(self.paths, self.db).create(mount.source)["Name"]
+            with self.db.transaction() as conn:
+                if conn.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
+                    raise StateError(
+                        f'the container name "/{name}" is already in use: remove it or '
+                        "choose another name"
+                    )
+                conn.execute(
+                    "INSERT INTO containers (id, name, image_id, image_name, run_config, state,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        cid,
+                        name,
+                        image.id,
+                        run.image,
+                        json.dumps(run.to_dict()),
+                        CREATED,
+                        time.time(),
+                    ),
+                )
+        except BaseException:
+            shutil.rmtree(layout.dir, ignore_errors=True)
+            raise
+        return self.get(cid)
+
+    def _image_for(self, run: RunConfig) -> ImageRecord:
+        images = self.images
+        if run.pull == "always":
+            return images.pull(run.image, progress="auto")
+        try:
+            return images.resolve(run.image)
+        except NotFoundError:
+            if run.pull == "never":
+                raise NotFoundError(
+                    f"no such image: {run.image} (and --pull=never forbids pulling it)"
+                ) from None
+        return images.pull(run.image, progress="auto")
+
+    def _random_name(self) -> str:
+        for _ in range(50):
+            name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NAMES)}"
+            if not self.db.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
+                return name
+        return f"hull_{secrets.token_hex(4)}"
+
+    def _write_etc_files(self, layout: ContainerLayout, run: RunConfig, cid: str) -> None:
+        hostname = run.hostname or cid[:12]
+        (layout.dir / "hostname").write_text(hostname + "\n")
+        (layout.dir / "hosts").write_text(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n"
+        )
+        try:
+            resolv = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            resolv = ""
+        (layout.dir / "resolv.conf").write_text(resolv)
+
+    def volume_path(self, mount: MountSpec) -> str:
+        """Host dir of a named (or anonymous) volume; created on first use, as Docker does."""
+        from hull.engine.volumes import VolumeService
+
+        return str(VolumeService(self.paths, self.db).ensure(mount.source))
+
+    # ------------------------------------------------------------------ start
+
+    def start(
+        self, ref: str, before_start: Callable[[ContainerRecord, Path], None] | None = None
+    ) -> ContainerRecord:
+        """Mount the rootfs, write config.json, hand the container to a new shim, start it.
+
+        before_start(record, shim_dir) runs once the container is created and its
+        shim listens: `hull run` attaches there so no output is missed.
+        """
+        record = self.get(ref)
+        if record.state in (RUNNING, PAUSED):
+            return record
+        layout = self.layout(record)
+        mounted = False
+        shim = None
+        try:
+            with _ContainerLock(layout):
+                mounted = self._mount_rootfs(record, layout)
+                self._write_config(record, layout)
+                shim = self._spawn_shim(record, layout)
+                if before_start is not None:
+                    before_start(record, layout.shim_dir)
+                from hull.runtime.container import start as runtime_start
+                from hull.runtime.state import StateStore
+
+                runtime_start(StateStore(str(layout.runtime_root)), record.id)
+                with self.db.transaction() as conn:
+                    conn.execute(
+                        "UPDATE containers SET state = ?, pid = ?, shim_pid = ?, started_at = ?,"
+                        " finished_at = NULL, exit_code = NULL, error = '', stopped_by_user = 0,"
+                        " oom_killed = 0 WHERE id = ?",
+                        (RUNNING, shim.container_pid, shim.shim_pid, time.time(), record.id),
+                    )
+        except BaseException as err:
+            self._undo_start(record, layout, mounted, shim)
+            message = err.message if isinstance(err, HullError) else str(err)
+            self.db.execute("UPDATE containers SET error = ? WHERE id = ?", (message, record.id))
+            raise
+        return self.get(record.id)
+
+    def _mount_rootfs(self, record: ContainerRecord, layout: ContainerLayout) -> bool:
+        from hull.image.snapshots import mount_overlay
+
+        if os.path.ismount(layout.rootfs):
+            return False
+        image = self.images.catalog.get(record.image_id)
+        if image is None:
+            raise NotFoundError(f"the image of container {record.name} is gone ({record.image_id})")
+        lowers = self.images.layer_store.ensure(
+            [layer.descriptor() for layer in image.layers], image.diff_ids
+        )
+        layout.rootfs.mkdir(parents=True, exist_ok=True)
+        mount_overlay(lowers, layout.upper, layout.work, layout.rootfs)
+        return True
+
+    def _write_config(self, record: ContainerRecord, layout: ContainerLayout) -> None:
+        from hull.engine.spec import build_spec
+
+        image = self.images.catalog.get(record.image_id)
+        image_config = (image.config if image else {}).get("config") or {}
+        warnings: list[str] = []
+        spec = build_spec(
+            record.run,
+            image_config,
+            record.id,
+            layout.dir,
+            layout.rootfs,
+            volume_source=self.volume_path,
+            init_binary=_init_binary() if record.run.init else None,
+            warnings=warnings,
+        )
+        for warning in warnings:
+            print(f"hull: warning: {warning}", file=sys.stderr)
+        _make_workdir(layout.rootfs, spec["process"].get("cwd") or "/")
+        tmp = layout.bundle / "config.json.tmp"
+        tmp.write_text(json.dumps(spec))
+        os.replace(tmp, layout.bundle / "config.json")
+
+    def _spawn_shim(self, record: ContainerRecord, layout: ContainerLayout) -> ShimHandle:
+        from hull.engine.shim import ShimOptions, spawn_shim
+
+        # A leftover runtime entry (a crash between create and cleanup) would block create.
+        self._runtime_delete(record.id, layout)
+        shutil.rmtree(layout.shim_dir, ignore_errors=True)
+        run = record.run
+        exit_command = None
+        if not self._foreground_rm:
+            exit_command = [
+                sys.executable,
+                "-m",
+                "hull.cli.main",
+                "--root",
+                str(self.paths.root),
+                "--runroot",
+                str(self.paths.runroot),
+                "container",
+                "cleanup",
+                record.id,
+            ]
+        return spawn_shim(
+            ShimOptions(
+                id=record.id,
+                bundle=str(layout.bundle),
+                runtime=_runtime_binary(),
+                runtime_root=str(layout.runtime_root),
+                log_path=str(layout.log),
+                log_max_size=_size_opt(run.log_opts.get("max-size")),
+                log_max_files=int(run.log_opts.get("max-file") or 1),
+                socket_dir=str(layout.shim_dir),
+                tty=run.tty,
+                stdin=run.interactive,
+                exit_command=exit_command,
+            )
+        )
+
+    def _undo_start(
+        self,
+        record: ContainerRecord,
+        layout: ContainerLayout,
+        mounted: bool,
+        shim: ShimHandle | None,
+    ) -> None:
+        if shim is not None:
+            self._runtime_delete(record.id, layout, force=True)
+        if mounted:
+            from hull.image.snapshots import unmount
+
+            unmount(layout.rootfs)
+
+    def _runtime_delete(self, cid: str, layout: ContainerLayout, force: bool = True) -> None:
+        from hull.runtime.container import delete
+        from hull.runtime.state import StateStore
+
+        try:
+            delete(StateStore(str(layout.runtime_root)), cid, force=force)
+        except HullError:
+            pass
+
+    # ------------------------------------------------------------------ signals
+
+    def kill(self, ref: str, signal: int = 9) -> ContainerRecord:
+        record = self.get(ref)
+        if record.state not in (RUNNING, PAUSED):
+            raise StateError(f"container {record.name} is not running")
+        from hull.runtime.container import kill
+        from hull.runtime.state import StateStore
+
+        try:
+            kill(StateStore(str(self.layout(record).runtime_root)), record.id, signal, False)
+        except HullError as err:
+            raise StateError(f"cannot kill container {record.name}: {err.message}") from None
+        if signal == 9 and record.state == PAUSED:
+            self.unpause(record.id)
+        return record
+
+    def stop(self, ref: str, timeout: int | None = None) -> ContainerRecord:
+        """Stop signal, wait up to the timeout, then SIGKILL (Docker's stop)."""
+        from hull.runtime.commands.kill import parse_signal
+
+        record = self.get(ref)
+        if record.state not in (RUNNING, PAUSED):
+            return record
+        self.db.execute("UPDATE containers SET stopped_by_user = 1 WHERE id = ?", (record.id,))
+        run = record.run
+        if timeout is None:
+            timeout = run.stop_timeout if run.stop_timeout is not None else 10
+        if record.state == PAUSED:
+            self.unpause(record.id)
+        try:
+            self.kill(record.id, parse_signal(run.stop_signal or "SIGTERM"))
+        except StateError:
+            pass
+        if self._wait_exit(record, timeout) is None:
+            try:
+                self.kill(record.id, 9)
+            except StateError:
+                pass
+            self._wait_exit(record, 30)
+        self.cleanup(record.id, from_stop=True)
+        return self.get(record.id)
+
+    def pause(self, ref: str) -> None:
+        record = self.get(ref)
+        if record.state != RUNNING:
+            raise StateError(f"container {record.name} is not running")
+        self._runtime_verb(record, "pause")
+        self.db.execute("UPDATE containers SET state = ? WHERE id = ?", (PAUSED, record.id))
+
+    def unpause(self, ref: str) -> None:
+        record = self.get(ref)
+        if record.state != PAUSED:
+            raise StateError(f"container {record.name} is not paused")
+        self._runtime_verb(record, "resume")
+        self.db.execute("UPDATE containers SET state = ? WHERE id = ?", (RUNNING, record.id))
+
+    def _runtime_verb(self, record: ContainerRecord, verb: str) -> None:
+        from hull.runtime.container import _cgroup
+        from hull.runtime.state import StateStore
+
+        state = StateStore(str(self.layout(record).runtime_root)).load(record.id)
+        cg = _cgroup(state)
+        cg.freeze() if verb == "pause" else cg.thaw()
+
+    # ------------------------------------------------------------------ exit
+
+    def _wait_exit(self, record: ContainerRecord, timeout: float | None) -> int | None:
+        """The exit code once the shim recorded it (None on timeout)."""
+        from hull.engine.shim import read_exit, shim_alive
+
+        layout = self.layout(record)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            code = read_exit(str(layout.shim_dir))
+            if code is not None:
+                return code
+            if not shim_alive(str(layout.shim_dir)) and not _pid_alive(record.pid):
+                return read_exit(str(layout.shim_dir))
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def wait(self, ref: str) -> int:
+        """Block until the container exits; its exit code (Docker's wait)."""
+        record = self.get(ref)
+        if record.state in (RUNNING, PAUSED):
+            code = self._wait_exit(record, None)
+            after = self.cleanup(record.id)  # None once --rm removed it
+            if after is None or after.exit_code is None:
+                return code if code is not None else 255
+            record = after
+        return record.exit_code if record.exit_code is not None else 0
+
+    def cleanup(self, ref: str, from_stop: bool = False) -> ContainerRecord | None:
+        """After an exit: record it, unmount, drop runtime state; --rm and restarts.
+
+        Idempotent and safe to race: the shim's exit command, a foreground
+        `hull run`, `hull stop` and the sweep may all call it.
+        """
+        try:
+            record = self.get(ref)
+        except NotFoundError:
+            return None
+        layout = self.layout(record)
+        from hull.engine.shim import exit_error, read_exit, shim_alive
+
+        with _ContainerLock(layout):
+            record = self.get(record.id)
+            if record.state not in (RUNNING, PAUSED):
+                return record
+            code = read_exit(str(layout.shim_dir))
+            if code is None:
+                if shim_alive(str(layout.shim_dir)) or _pid_alive(record.pid):
+                    return record  # still running: nothing to clean yet
+                code = 255
+                error = exit_error(str(layout.shim_dir)) or "the container's supervisor died"
+            else:
+                error = ""
+            oom = self._oom_killed(record, layout)
+            self._runtime_delete(record.id, layout)
+            from hull.image.snapshots import unmount
+
+            unmount(layout.rootfs)
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "UPDATE containers SET state = ?, exit_code = ?, finished_at = ?, error = ?,"
+                    " pid = 0, oom_killed = ? WHERE id = ?",
+                    (EXITED, code, time.time(), error, int(oom), record.id),
+                )
+        record = self.get(record.id)
+        if record.run.rm and not self._should_restart(record, from_stop):
+            self.remove(record.id, force=True, volumes=True)
+            return None
+        if self._should_restart(record, from_stop):
+            self.db.execute(
+                "UPDATE containers SET restart_count = restart_count + 1 WHERE id = ?",
+                (record.id,),
+            )
+            try:
+                return self.start(record.id)
+            except HullError:
+                return self.get(record.id)
+        return record
+
+    def _oom_killed(self, record: ContainerRecord, layout: ContainerLayout) -> bool:
+        try:
+            from hull.runtime.container import _cgroup
+            from hull.runtime.state import StateStore
+
+            state = StateStore(str(layout.runtime_root)).load(record.id)
+            return bool(_cgroup(state).oom_killed())
+        except (HullError, OSError):
+            return False
+
+    def _should_restart(self, record: ContainerRecord, from_stop: bool) -> bool:
+        policy = record.run.restart
+        if from_stop or record.stopped_by_user or policy.name == "no":
+            return False
+        if policy.name in ("always", "unless-stopped"):
+            return True
+        if policy.name == "on-failure":
+            failed = (record.exit_code or 0) != 0
+            return failed and (policy.max_retries <= 0 or record.restart_count < policy.max_retries)
+        return False
+
+    def reconcile(self) -> None:
+        """The crash sweep: finish what dead shims and killed `hull` processes left."""
+        rows = self.db.execute(
+            "SELECT id FROM containers WHERE state IN (?, ?)", (RUNNING, PAUSED)
+        ).fetchall()
+        for row in rows:
+            try:
+                self.cleanup(row["id"])
+            except HullError as err:
+                print(
+                    f"hull: warning: sweeping container {row['id'][:12]}: {err.message}",
+                    file=sys.stderr,
+                )
+
+    # ------------------------------------------------------------------ remove
+
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> str:
+        record = self.get(ref)
+        if record.state in (RUNNING, PAUSED):
+            if not force:
+                raise StateError(
+                    f"cannot remove container {record.name}: it is {record.state}; "
+                    "stop it first or use --force"
+                )
+            self.db.execute("UPDATE containers SET stopped_by_user = 1 WHERE id = ?", (record.id,))
+            try:
+                self.kill(record.id, 9)
+            except StateError:
+                pass
+            self._wait_exit(record, 30)
+            self.cleanup(record.id, from_stop=True)
+            try:
+                record = self.get(record.id)
+            except NotFoundError:
+                return record.id
+        layout = self.layout(record)
+        self._runtime_delete(record.id, layout)
+        from hull.image.snapshots import unmount
+
+        unmount(layout.rootfs)
+        shutil.rmtree(layout.shim_dir, ignore_errors=True)
+        shutil.rmtree(layout.dir, ignore_errors=True)
+        self.db.execute("DELETE FROM containers WHERE id = ?", (record.id,))
+        if volumes:
+            from hull.engine.volumes import VolumeService
+
+            VolumeService(self.paths, self.db).remove_anonymous(
+                [m.source for m in record.run.mounts if m.type == "volume" and m.source]
+            )
+        return record.id
+
+
+def command_of(record: ContainerRecord) -> list[str]:
+    """The process args: from the last config.json, else what run asked for."""
+    return list(record.run.entrypoint or []) + list(record.run.command or [])
+
+
+def _rfc3339(ts: float | None) -> str:
+    if not ts:
+        return "0001-01-01T00:00:00Z"
+    frac = int((ts % 1) * 1e9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{frac:09d}Z"
+
+
+def inspect_document(record: ContainerRecord, layout: ContainerLayout) -> dict[str, Any]:
+    """`docker inspect` of a container, the fields tools read most."""
+    run = record.run
+    args: list[str] = []
+    try:
+        spec = json.loads((layout.bundle / "config.json").read_text())
+        args = spec["process"]["args"]
+    except (OSError, ValueError, KeyError):
+        args = command_of(record)
+    binds = [
+        f"{m.source}:{m.target}" + (":ro" if m.readonly else "")
+        for m in run.mounts
+        if m.type in ("bind", "volume")
+    ]
+    nano_cpus = int(run.cpus * 1e9) if run.cpus else 0
+    return {
+        "Id": record.id,
+        "Created": _rfc3339(record.created),
+        "Path": args[0] if args else "",
+        "Args": args[1:],
+        "State": {
+            "Status": record.state,
+            "Running": record.state in (RUNNING, PAUSED),
+            "Paused": record.state == PAUSED,
+            "Restarting": False,
+            "OOMKilled": record.oom_killed,
+            "Dead": record.state == DEAD,
+            "Pid": record.pid if record.state in (RUNNING, PAUSED) else 0,
+            "ExitCode": record.exit_code or 0,
+            "Error": record.error,
+            "StartedAt": _rfc3339(record.started_at),
+            "FinishedAt": _rfc3339(record.finished_at),
+        },
+        "Image": record.image_id,
+        "ResolvConfPath": str(layout.dir / "resolv.conf"),
+        "HostnamePath": str(layout.dir / "hostname"),
+        "HostsPath": str(layout.dir / "hosts"),
+        "LogPath": str(layout.log),
+        "Name": "/" + record.name,
+        "RestartCount": record.restart_count,
+        "Driver": "overlay",
+        "Platform": "linux",
+        "HostConfig": {
+            "Binds": binds or None,
+            "LogConfig": {"Type": "json-file", "Config": dict(run.log_opts)},
+            "NetworkMode": run.network,
+            "RestartPolicy": {
+                "Name": run.restart.name,
+                "MaximumRetryCount": run.restart.max_retries,
+            },
+            "AutoRemove": run.rm,
+            "CapAdd": run.cap_add or None,
+            "CapDrop": run.cap_drop or None,
+            "Privileged": run.privileged,
+            "ReadonlyRootfs": run.read_only,
+            "SecurityOpt": run.security_opt or None,
+            "Memory": run.memory or 0,
+            "MemorySwap": run.memory_swap or 0,
+            "NanoCpus": nano_cpus,
+            "CpuShares": run.cpu_shares or 0,
+            "CpusetCpus": run.cpuset_cpus or "",
+            "PidsLimit": run.pids_limit,
+            "Ulimits": run.ulimits or None,
+            "Init": run.init,
+            "Isolation": run.isolation,
+        },
+        "Mounts": [
+            {
+                "Type": m.type,
+                "Name": m.source if m.type == "volume" else "",
+                "Source": m.source or "",
+                "Destination": m.target,
+                "RW": not m.readonly,
+            }
+            for m in run.mounts
+        ],
+        "Config": {
+            "Hostname": run.hostname or record.id[:12],
+            "User": run.user or "",
+            "Tty": run.tty,
+            "OpenStdin": run.interactive,
+            "Env": list(run.env),
+            "Cmd": run.command,
+            "Image": record.image_name,
+            "WorkingDir": run.workdir or "",
+            "Entrypoint": run.entrypoint,
+            "Labels": dict(run.labels),
+            "StopSignal": run.stop_signal or "SIGTERM",
+            "StopTimeout": run.stop_timeout,
+        },
+        "NetworkSettings": {"Networks": {}, "Ports": {}},
+    }
+
+
+class _ContainerLock:
+    """flock on the container's lock file: one engine at a time changes a container."""
+
+    def __init__(self, layout: ContainerLayout) -> None:
+        self.path = layout.lock
+        self.fd = -1
+
+    def __enter__(self) -> _ContainerLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def _make_workdir(rootfs: Path, cwd: str) -> None:
+    """Docker creates a missing working directory; resolved inside the rootfs only."""
+    from hull.runtime.linux.rootfs import open_in_root
+
+    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.close(open_in_root(rootfd, cwd, "dir"))
+    except OSError as err:
+        raise HullError(f"cannot create the working directory {cwd}: {err.strerror}") from None
+    finally:
+        os.close(rootfd)
+
+
+def _check_name(name: str) -> None:
+    ok = name[:1].isalnum() and all(c.isalnum() or c in "_.-" for c in name) and name.isascii()
+    if not ok:
+        raise ConfigError(
+            f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] != b"Z"
+
+
+def _runtime_binary() -> str:
+    launcher = Path(sys.executable).parent / "hull-runtime"
+    if launcher.exists():
+        return str(launcher)
+    found = shutil.which("hull-runtime")
+    if found:
+        return found
+    raise HullError("hull-runtime is not installed: run scripts/setup")
+
+
+def _init_binary() -> str:
+    for candidate in ("/usr/bin/catatonit", "/usr/libexec/catatonit/catatonit", "/usr/bin/tini"):
+        if os.path.exists(candidate):
+            return candidate
+    raise HullError("--init needs catatonit or tini (apt-get install catatonit)")
+
+
+def _size_opt(value: str | None) -> int | None:
+    if not value:
+        return None
+    from hull.runtime.commands.update import parse_bytes
+
+    return parse_bytes(value)

@@ -1,0 +1,70 @@
+"""Drive the `hull` CLI as a user would, against a private Hull root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from hull.paths import HullPaths
+
+
+class Hull:
+    """`hull --root R --runroot RR ...` as a subprocess."""
+
+    def __init__(self, paths: HullPaths) -> None:
+        self.paths = paths
+
+    def cmd(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "hull.cli.main",
+            "--root",
+            str(self.paths.root),
+            "--runroot",
+            str(self.paths.runroot),
+            *args,
+        ]
+
+    def __call__(self, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+        """Run to completion; stdio to temp files so detached shims never hold our pipes."""
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            kw.setdefault("stdin", subprocess.DEVNULL)
+            proc = subprocess.run(self.cmd(*args), stdout=out, stderr=err, timeout=timeout, **kw)
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+    def ok(self, *args: str, **kw) -> str:
+        result = self(*args, **kw)
+        assert result.returncode == 0, (args, result.returncode, result.stdout, result.stderr)
+        return result.stdout
+
+
+def overlay_mounts_under(root: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if str(root) in line.split()[4]]
+
+
+def shim_pids() -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if Path(f"/proc/{name}/comm").read_text().strip() == "hull-shim":
+                    pids.append(int(name))
+            except OSError:
+                continue
+    return pids
+
+
+def cgroup_dirs_for(container_id: str) -> list[str]:
+    found = []
+    for hierarchy in os.listdir("/sys/fs/cgroup"):
+        path = os.path.join("/sys/fs/cgroup", hierarchy, "hull", container_id)
+        if os.path.isdir(path):
+            found.append(path)
+    return found

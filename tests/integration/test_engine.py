@@ -1,0 +1,218 @@
+"""`hull` container verbs end to end, as root, on a bootstrapped busybox image."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.integration.engine_helpers import (
+    Hull,
+    cgroup_dirs_for,
+    overlay_mounts_under,
+    shim_pids,
+)
+
+
+@pytest.fixture
+def hull(hull_paths):
+    h = Hull(hull_paths)
+    h.ok("image", "bootstrap", "busybox")
+    shims_before = set(shim_pids())
+    yield h
+    ids = h("ps", "-aq", "--no-trunc").stdout.split()
+    if ids:
+        h("rm", "-f", *ids)
+    assert overlay_mounts_under(hull_paths.root) == []
+    leftover = set(shim_pids()) - shims_before
+    for pid in leftover:  # never leak supervisors into the next test, even on failure
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for(predicate, timeout: float = 20.0, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def test_run_rm_returns_the_exit_code_and_leaves_nothing(hull):
+    result = hull("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert result.returncode == 3
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+    assert hull.ok("ps", "-aq") == ""
+    assert list((hull.paths.root / "containers").iterdir()) == []
+
+
+def test_docker_exit_codes(hull):
+    assert hull("run", "--rm", "busybox", "/no/such/cmd").returncode == 127
+    assert hull("run", "--rm", "busybox", "/etc/passwd").returncode == 126
+    missing = hull("run", "--rm", "--pull=never", "nosuchimage")
+    assert missing.returncode == 125 and "no such image" in missing.stderr
+    assert hull("run", "--bogus-flag", "busybox").returncode == 125
+    assert hull.ok("ps", "-aq") == ""
+
+
+def test_limits_are_visible_and_enforced(hull):
+    out = hull.ok(
+        "run",
+        "--rm",
+        "-m",
+        "32m",
+        "--pids-limit",
+        "7",
+        "--cpus",
+        "0.5",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max"
+        " /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    )
+    assert out.split() == [str(32 << 20), "7", "50000"]
+    oom = hull("run", "--rm", "-m", "16m", "--memory-swap", "16m", "busybox", "dd",
+               "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")  # fmt: skip
+    assert oom.returncode == 137
+
+
+def test_detached_lifecycle_logs_exec_stop(hull):
+    cid = hull.ok(
+        "run", "-d", "--name", "web", "busybox", "sh", "-c",
+        "trap 'echo bye; exit 0' TERM; echo hello; while :; do sleep 0.1; done",
+    ).strip()  # fmt: skip
+    assert len(cid) == 64
+    ps = hull.ok("ps")
+    assert "web" in ps and "Up" in ps
+    wait_for(lambda: "hello" in hull.ok("logs", "web"))
+    assert hull.ok("exec", "web", "sh", "-c", "echo $((6*7))").strip() == "42"
+    assert hull("exec", "web", "sh", "-c", "exit 5").returncode == 5
+    doc = json.loads(hull.ok("inspect", "web"))[0]
+    assert doc["State"]["Running"] is True and doc["Name"] == "/web"
+    assert doc["State"]["Pid"] > 0
+    hull.ok("stop", "web")
+    assert "bye" in hull.ok("logs", "web")
+    doc = json.loads(hull.ok("inspect", "web"))[0]
+    assert doc["State"]["Status"] == "exited" and doc["State"]["ExitCode"] == 0
+    assert hull.ok("wait", "web").strip() == "0"
+    assert cgroup_dirs_for(cid) == []
+    hull.ok("rm", "web")
+    assert hull("inspect", "web").returncode != 0
+
+
+def test_logs_follow_streams_until_exit(hull):
+    hull.ok("run", "-d", "--name", "ticker", "busybox", "sh", "-c",
+            "for i in 1 2 3 4; do echo tick-$i; sleep 0.3; done")  # fmt: skip
+    result = hull("logs", "-f", "ticker", timeout=30)
+    assert result.stdout.split() == ["tick-1", "tick-2", "tick-3", "tick-4"]
+    stamped = hull.ok("logs", "-t", "--tail", "1", "ticker")
+    assert stamped.strip().endswith("tick-4") and "T" in stamped.split()[0]
+
+
+def test_named_volume_keeps_data(hull):
+    hull.ok("run", "--rm", "-v", "data:/data", "busybox", "sh", "-c", "echo kept > /data/f")
+    assert hull.ok("run", "--rm", "-v", "data:/data:ro", "busybox", "cat", "/data/f") == "kept\n"
+    assert "data" in hull.ok("volume", "ls", "-q").split()
+    ro = hull("run", "--rm", "-v", "data:/data:ro", "busybox", "touch", "/data/x")
+    assert ro.returncode != 0
+    hull.ok("volume", "rm", "data")
+    assert "data" not in hull.ok("volume", "ls", "-q").split()
+
+
+def test_bind_mount_and_tmpfs(hull, tmp_path):
+    host = tmp_path / "shared"
+    host.mkdir()
+    (host / "in").write_text("from host\n")
+    out = hull.ok(
+        "run", "--rm", "-v", f"{host}:/mnt", "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
+        "cat /mnt/in; echo from-ctr > /mnt/out; grep /scratch /proc/mounts | cut -d' ' -f3",
+    )  # fmt: skip
+    assert out.split() == ["from", "host", "tmpfs"]
+    assert (host / "out").read_text() == "from-ctr\n"
+
+
+def test_restart_always_brings_it_back(hull):
+    hull.ok("run", "-d", "--name", "phoenix", "--restart", "always", "busybox",
+            "sh", "-c", "sleep 0.2; exit 1")  # fmt: skip
+    wait_for(lambda: json.loads(hull.ok("inspect", "phoenix"))[0]["RestartCount"] >= 2)
+    hull.ok("stop", "phoenix")
+    count = json.loads(hull.ok("inspect", "phoenix"))[0]["RestartCount"]
+    time.sleep(0.6)
+    doc = json.loads(hull.ok("inspect", "phoenix"))[0]
+    assert doc["RestartCount"] == count  # a user's stop is final
+    assert doc["State"]["Status"] == "exited"
+
+
+def test_env_user_workdir_hostname_readonly(hull):
+    out = hull.ok(
+        "run", "--rm", "-e", "GREETING=hi", "-u", "nobody", "-w", "/tmp", "-h", "box",
+        "--read-only", "busybox", "sh", "-c", "echo $GREETING; id -un; pwd; hostname;"
+        " touch /x 2>/dev/null || echo ro",
+    )  # fmt: skip
+    assert out.split() == ["hi", "nobody", "/tmp", "box", "ro"]
+
+
+def test_security_defaults(hull):
+    out = hull.ok("run", "--rm", "busybox", "sh", "-c",
+                  "grep CapEff /proc/self/status; grep Seccomp: /proc/self/status")  # fmt: skip
+    caps = int(out.split()[1], 16)
+    assert caps == 0xA80425FB  # Docker's 14 default capabilities
+    assert out.split()[3] == "2"  # a seccomp filter is loaded
+    priv = hull.ok(
+        "run", "--rm", "--privileged", "busybox", "grep", "Seccomp:", "/proc/self/status"
+    )
+    assert priv.split()[1] == "0"
+
+
+def test_name_conflicts_and_prefixes(hull):
+    cid = hull.ok("create", "--name", "one", "busybox", "true").strip()
+    dup = hull("create", "--name", "one", "busybox", "true")
+    assert dup.returncode == 125 and "already in use" in dup.stderr
+    assert json.loads(hull.ok("inspect", cid[:6]))[0]["Id"] == cid
+    hull.ok("start", "one")
+    assert hull.ok("wait", "one").strip() == "0"
+    hull.ok("rm", cid[:8])
+
+
+def test_pause_unpause(hull):
+    hull.ok("run", "-d", "--name", "pz", "busybox", "sleep", "30")
+    hull.ok("pause", "pz")
+    assert "Paused" in hull.ok("ps")
+    hull.ok("unpause", "pz")
+    assert "Paused" not in hull.ok("ps")
+    hull.ok("rm", "-f", "pz")
+
+
+def test_many_run_rm_leave_no_leftovers(hull):
+    """200 `run --rm` in a row and 20 at once, then nothing left behind."""
+    import subprocess
+
+    def cgroups() -> set[str]:
+        base = "/sys/fs/cgroup/pids/hull"
+        return set(os.listdir(base)) if os.path.isdir(base) else set()
+
+    before = cgroups()
+    for _ in range(200):
+        result = hull("run", "--rm", "busybox", "true")
+        assert result.returncode == 0, result.stderr
+    procs = [
+        subprocess.Popen(hull.cmd("run", "--rm", "busybox", "true"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(20)
+    ]  # fmt: skip
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    assert hull.ok("ps", "-aq") == ""
+    assert list((hull.paths.root / "containers").iterdir()) == []
+    assert overlay_mounts_under(hull.paths.root) == []
+    runtime_state = hull.paths.runtime_state
+    assert not runtime_state.exists() or list(runtime_state.iterdir()) == []
+    assert {d for d in cgroups() - before if len(d) == 64} == set()
