@@ -385,7 +385,9 @@ class ContainerService:
     def _spawn_shim(self, record: ContainerRecord, layout: ContainerLayout) -> ShimHandle:
         from hull.engine.shim import ShimOptions, spawn_shim
 
-        # A leftover runtime entry (a crash between create and cleanup) would block create.
+        # A crash between spawn and start leaves a shim and a runtime entry behind:
+        # stop that shim first so it never writes into the new one's directory.
+        _kill_old_shim(layout)
         self._runtime_delete(record.id, layout)
         shutil.rmtree(layout.shim_dir, ignore_errors=True)
         run = record.run
@@ -646,6 +648,7 @@ class ContainerService:
             except NotFoundError:
                 return record.id
         layout = self.layout(record)
+        _kill_old_shim(layout)
         self._runtime_delete(record.id, layout)
         from hull.image.snapshots import unmount
 
@@ -785,6 +788,23 @@ class _ContainerLock:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def _kill_old_shim(layout: ContainerLayout) -> None:
+    from hull.engine.shim import shim_alive
+
+    pid_file = layout.shim_dir / "shim.pid"
+    if not shim_alive(str(layout.shim_dir)):
+        return
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 9)
+    except (OSError, ValueError):
+        return
+    for _ in range(200):
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.005)
 
 
 def _make_workdir(rootfs: Path, cwd: str) -> None:

@@ -49,15 +49,22 @@ def overlay_mounts_under(root: Path) -> list[str]:
         return [line.split()[4] for line in f if str(root) in line.split()[4]]
 
 
-def shim_pids() -> list[int]:
+def shim_pids(runroot: Path) -> list[int]:
+    """Live hull-shim processes of this Hull root (other tests' shims are theirs)."""
     pids = []
     for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if Path(f"/proc/{name}/comm").read_text().strip() == "hull-shim":
-                    pids.append(int(name))
-            except OSError:
+        if not name.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{name}/comm").read_text().strip() != "hull-shim":
                 continue
+            if str(runroot).encode() not in Path(f"/proc/{name}/cmdline").read_bytes():
+                continue
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] != "Z":
+            pids.append(int(name))
     return pids
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,18 +21,18 @@ from tests.integration.engine_helpers import (
 def hull(hull_paths):
     h = Hull(hull_paths)
     h.ok("image", "bootstrap", "busybox")
-    shims_before = set(shim_pids())
     yield h
     ids = h("ps", "-aq", "--no-trunc").stdout.split()
     if ids:
         h("rm", "-f", *ids)
     assert overlay_mounts_under(hull_paths.root) == []
-    leftover = set(shim_pids()) - shims_before
+    leftover = shim_pids(hull_paths.runroot)
     for pid in leftover:  # never leak supervisors into the next test, even on failure
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+    assert leftover == []
 
 
 def wait_for(predicate, timeout: float = 20.0, step: float = 0.05):
@@ -216,3 +217,80 @@ def test_many_run_rm_leave_no_leftovers(hull):
     runtime_state = hull.paths.runtime_state
     assert not runtime_state.exists() or list(runtime_state.iterdir()) == []
     assert {d for d in cgroups() - before if len(d) == 64} == set()
+
+
+def _hull_python_processes(root: Path) -> list[int]:
+    """Every `hull` Python process (CLI, exit commands, logs -f, wait) of this root.
+
+    Not the hull-shims: like conmon or containerd-shim they are the supervisors
+    that outlive the engine (their argv names the exit command, hence the comm check).
+    """
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            if Path(f"/proc/{name}/comm").read_text().strip() == "hull-shim":
+                continue
+        except OSError:
+            continue
+        if b"hull.cli.main" in cmdline and str(root).encode() in cmdline:
+            pids.append(int(name))
+    return pids
+
+
+def _log_lines(hull, name: str) -> int:
+    return len(hull.ok("logs", name).split())
+
+
+def test_kill_9_of_every_hull_process_keeps_containers(hull):
+    """10 detached containers survive kill -9 of every hull process; then all verbs work."""
+    import signal
+    import subprocess
+
+    script = "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done"
+    names = [f"c{i}" for i in range(10)]
+    for name in names:
+        hull.ok("run", "-d", "--name", name, "busybox", "sh", "-c", script)
+    # Long-lived hull processes to kill along with anything else running.
+    waiter = subprocess.Popen(hull.cmd("wait", "c0"), stdout=subprocess.DEVNULL)
+    follower = subprocess.Popen(hull.cmd("logs", "-f", "c1"), stdout=subprocess.DEVNULL)
+    wait_for(lambda: len(_hull_python_processes(hull.paths.root)) >= 2)
+    for pid in _hull_python_processes(hull.paths.root):
+        os.kill(pid, signal.SIGKILL)
+    waiter.wait(timeout=10)
+    follower.wait(timeout=10)
+    assert _hull_python_processes(hull.paths.root) == []
+
+    before = {name: _log_lines(hull, name) for name in ("c2", "c5", "c9")}
+    time.sleep(0.6)
+    for name, count in before.items():
+        assert _log_lines(hull, name) > count, f"{name}'s log stopped growing"
+    ps = hull.ok("ps", "--format", "{{.Names}} {{.State}}").split("\n")
+    assert sorted(line for line in ps if line) == sorted(f"{n} running" for n in names)
+
+    hull.ok("stop", "c3")  # trap: exits 7 on SIGTERM
+    assert hull.ok("wait", "c3").strip() == "7"
+    hull.ok("kill", "c4")
+    assert hull.ok("wait", "c4").strip() == "137"
+    doc = json.loads(hull.ok("inspect", "c4"))[0]
+    assert doc["State"]["ExitCode"] == 137 and doc["State"]["Status"] == "exited"
+    hull.ok("rm", "-f", *names)
+    assert hull.ok("ps", "-aq") == ""
+
+
+def test_crash_between_shim_and_start_is_recovered(hull):
+    """A `hull start` killed after the shim created the container: the next start works."""
+    import signal
+
+    cid = hull.ok("create", "--name", "half", "busybox", "sh", "-c", "echo ran").strip()
+    proc = __import__("subprocess").Popen(hull.cmd("start", "half"))
+    shim_dir = hull.paths.runroot / "shims" / cid[:12]
+    wait_for(lambda: (shim_dir / "shim.pid").exists(), timeout=20, step=0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    hull.ok("start", "half")
+    assert hull.ok("wait", "half").strip() == "0"
+    assert "ran" in hull.ok("logs", "half")
+    hull.ok("rm", "half")
