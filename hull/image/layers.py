@@ -20,8 +20,14 @@ trusted.overlay.opaque=y on its directory. On any error the destination is
 removed completely.
 
 Compression is recognised by magic bytes (Docker does the same, whatever the
-media type claims): gzip through the gzip module, zstd through the `zstd`
+media type claims): gzip through zlib directly, zstd through the `zstd`
 command-line tool in a pipe (Debian's zstd package; no PyPI dependency).
+
+LayerUnpacker takes the blob's bytes as they come (a download, or a file):
+decompression and hashing in the feeding thread, tar parsing and file creation
+in a thread of its own, so a pull unpacks while it downloads and uses both
+cores. A layer is published in the LayerStore only after the blob's digest and
+size, the diff ID and the extraction have all checked out (StreamedLayer).
 """
 
 from __future__ import annotations
@@ -31,17 +37,19 @@ import errno
 import fcntl
 import gzip
 import os
+import queue
 import shutil
 import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, NoReturn, TypeVar, cast
 
-from hull.errors import ConfigError, NotFoundError, StateError
+from hull.errors import ConfigError, HullError, NotFoundError, StateError
 from hull.image.store import ContentError, ContentStore, fsync_dir
 from hull.oci.digest import DigestVerifier, parse_digest
 from hull.oci.image import LAYER_TYPES, Descriptor, chain_ids
@@ -54,28 +62,18 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _PAX_XATTR = "SCHILY.xattr."
 _CHUNK = 1 << 20
+_FEED_CHUNK = 256 * 1024  # blob bytes per feed() when unpacking from a file
+_OUT_CHUNK = 512 * 1024  # most uncompressed bytes one handoff carries
+_PIPE_DEPTH = 16  # handoffs in flight between decompression and extraction
+_POLL_SECONDS = 0.05  # how often a blocked side checks whether the other gave up
+_MAX_HEADER_READ = 16 << 20  # pax and GNU long-name headers: far below this in practice
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib decodes the gzip wrapper and checks its trailer
+_UNPACK_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error, tarfile.TarError)
+_T = TypeVar("_T")
 _RESOLVE = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
 
 
 # ------------------------------------------------------------ decompression
-
-
-class _HashingReader:
-    """A read-only stream that hashes everything read through it (the diff ID)."""
-
-    def __init__(self, raw: IO[bytes], verifier: DigestVerifier) -> None:
-        self._raw = raw
-        self.verifier = verifier
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.verifier.update(data)
-        return data
-
-    def drain(self) -> None:
-        """Hash the rest (padding after the tar's end blocks counts toward the diff ID)."""
-        while self.read(_CHUNK):
-            pass
 
 
 @contextlib.contextmanager
@@ -121,6 +119,388 @@ def _zstd_stream(blob_path: Path) -> Iterator[IO[bytes]]:
             proc.stdout.close()
 
 
+Emit = Callable[[bytes], None]
+
+
+class _PlainDecoder:
+    """An uncompressed tar: bytes pass straight through."""
+
+    def __init__(self, emit: Emit) -> None:
+        self.write = emit
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _GzipDecoder:
+    """gzip with zlib directly: one or more members, zero padding between them, as
+    GzipFile reads it; zlib checks each member's CRC-32 and length. Output comes in
+    pieces of at most _OUT_CHUNK, so a small bomb cannot make a huge buffer."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._zlib = zlib.decompressobj(_GZIP_WBITS)
+        self._in_member = True
+
+    def write(self, data: bytes) -> None:
+        while data:
+            if not self._in_member:
+                data = data.lstrip(b"\x00")
+                if not data:
+                    return
+                self._zlib = zlib.decompressobj(_GZIP_WBITS)
+                self._in_member = True
+            z = self._zlib
+            pending = data
+            while True:
+                out = z.decompress(pending, _OUT_CHUNK)
+                if out:
+                    self._emit(out)
+                if z.eof:
+                    break
+                pending = z.unconsumed_tail
+                if not pending and len(out) < _OUT_CHUNK:
+                    break  # all input used and nothing held back: wait for more
+            if z.eof:
+                self._in_member = False
+                data = z.unused_data
+            else:
+                data = b""
+
+    def close(self) -> None:
+        if self._in_member:
+            raise ContentError("the gzip stream ends before its end-of-stream marker")
+
+    def abort(self) -> None:
+        pass
+
+
+class _ZstdDecoder:
+    """zstd through the zstd tool (Debian's zstd package): we write its stdin, a
+    thread of ours reads its stdout."""
+
+    def __init__(self, emit: Emit, name: str) -> None:
+        if shutil.which("zstd") is None:
+            raise ConfigError("zstd layers need the zstd tool (apt-get install zstd)")
+        self._emit = emit
+        self._name = name
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close/abort)
+        self._proc = subprocess.Popen(
+            ["zstd", "-d", "-c", "-q"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
+        )
+        self._failure: BaseException | None = None
+        self._pump = threading.Thread(target=self._read_output, name="hull-zstd", daemon=True)
+        self._pump.start()
+
+    def _read_output(self) -> None:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        try:
+            while data := os.read(fd, _OUT_CHUNK):
+                self._emit(data)
+        except BaseException as exc:
+            self._failure = exc
+            self._proc.kill()  # a writer blocked on its stdin gets EPIPE, not a hang
+
+    def write(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(data)
+        except BrokenPipeError:
+            self.close()  # says why zstd stopped reading
+            raise ContentError(f"corrupt zstd layer {self._name}") from None
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._proc.stdin.close()
+        self._pump.join()
+        code = self._proc.wait()
+        self._errors.seek(0)
+        message = self._errors.read().decode(errors="replace").strip()
+        self._release()
+        if self._failure is not None:
+            raise self._failure
+        if code != 0:
+            raise ContentError(f"corrupt zstd layer {self._name}: {message}")
+
+    def abort(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        with contextlib.suppress(OSError):
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        self._pump.join()
+        self._proc.wait()
+        self._release()
+
+    def _release(self) -> None:
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+        self._errors.close()
+
+
+# ------------------------------------------------------- streamed unpacking
+
+
+class _ExtractorStopped(Exception):
+    """The extractor thread is gone (failed or aborted); it holds the reason."""
+
+
+class _ChunkPipe:
+    """A bounded hand-off of byte chunks (b"" ends the stream) to the extractor thread."""
+
+    def __init__(self, depth: int = _PIPE_DEPTH) -> None:
+        self._queue: queue.Queue[bytes] = queue.Queue(depth)
+        self._stopped = threading.Event()
+
+    def put(self, chunk: bytes) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(chunk, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+        raise _ExtractorStopped
+
+    def get(self) -> bytes:
+        while not self._stopped.is_set():
+            try:
+                return self._queue.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+        raise _ExtractorStopped
+
+    def stop(self) -> None:
+        """No more hand-offs either way: the extractor ended, or the unpack is aborted."""
+        self._stopped.set()
+
+
+class _ChunkReader:
+    """A forward-only file object over a source of chunks, for tarfile's "r:" mode.
+
+    tarfile only ever seeks forward here (to skip padding); file contents bypass
+    it entirely through copy_to(), straight from the chunks to the file.
+    """
+
+    def __init__(self, source: Callable[[], bytes]) -> None:
+        self._source = source
+        self._chunk = memoryview(b"")
+        self._at = 0
+        self._offset = 0
+        self._eof = False
+
+    def tell(self) -> int:
+        return self._offset
+
+    def _take(self, limit: int) -> memoryview | None:
+        """Up to limit bytes from the current chunk (fetching the next if needed)."""
+        while self._at >= len(self._chunk):
+            if self._eof:
+                return None
+            data = self._source()
+            if not data:
+                self._eof = True
+                return None
+            self._chunk, self._at = memoryview(data), 0
+        piece = self._chunk[self._at : self._at + limit]
+        self._at += len(piece)
+        self._offset += len(piece)
+        return piece
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > _MAX_HEADER_READ:
+            raise ContentError(f"refusing a tar header of {size} bytes")
+        parts = []
+        while size > 0 and (piece := self._take(size)) is not None:
+            parts.append(piece)
+            size -= len(piece)
+        return b"".join(parts)
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or pos < self._offset:
+            raise OSError(errno.ESPIPE, "a layer stream only seeks forward")
+        remaining = pos - self._offset
+        while remaining > 0 and (piece := self._take(remaining)) is not None:
+            remaining -= len(piece)
+        return self._offset
+
+    def copy_to(self, fd: int, size: int) -> None:
+        """Write the next size bytes to fd."""
+        while size > 0:
+            piece = self._take(min(size, _CHUNK))
+            if piece is None:
+                raise EOFError("unexpected end of data in a file's contents")
+            _write_all(fd, piece)
+            size -= len(piece)
+
+    def drain(self) -> None:
+        """Read to the end: the tar's end blocks and any padding after them."""
+        while self._take(1 << 30) is not None:
+            pass
+
+
+def _write_all(fd: int, data: memoryview | bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class LayerUnpacker:
+    """Unpacks one layer from its blob's bytes as they arrive, verifying as it goes.
+
+    feed() the blob in order (from a download or a file), then finish(), which
+    returns the diff ID once the tar is fully extracted and, if given, the diff ID
+    and the blob's own digest and size all match. Decompression and hashing run
+    in the feeding thread (zlib and hashlib release the GIL), tar parsing and file
+    creation in a thread of the unpacker's own, so the two overlap on two cores.
+
+    dest must not exist; the unpacker creates it. On any error, and on abort(),
+    dest is removed completely: a failed unpacker leaves nothing behind. Errors
+    come out of feed() as early as the extractor hits them, or out of finish().
+    """
+
+    def __init__(
+        self,
+        dest: Path,
+        media_type: str,
+        expected_diff_id: str | None = None,
+        expected_blob: Descriptor | None = None,
+        name: str | None = None,
+    ) -> None:
+        if media_type not in LAYER_TYPES:
+            raise ConfigError(f"unsupported layer media type {media_type!r}")
+        self.dest = Path(dest)
+        self.name = name or self.dest.name
+        self.expected_diff_id = expected_diff_id
+        self.expected_blob = expected_blob
+        self.fed = 0  # bytes of the blob seen so far
+        self._diff = (
+            DigestVerifier.for_digest(expected_diff_id) if expected_diff_id else DigestVerifier()
+        )
+        self._blob = DigestVerifier.for_digest(expected_blob.digest) if expected_blob else None
+        try:
+            os.mkdir(self.dest, 0o755)  # never unpack over (or later delete) what we did not create
+        except FileExistsError:
+            raise StateError(f"cannot unpack a layer into {self.dest}: it already exists") from None
+        self._pipe = _ChunkPipe()
+        self._decoder: _PlainDecoder | _GzipDecoder | _ZstdDecoder | None = None
+        self._head = b""
+        self._error: BaseException | None = None
+        self._state = "open"  # -> "finished" or "aborted"
+        self._thread = threading.Thread(target=self._extract, name="hull-unpack", daemon=True)
+        self._thread.start()
+
+    # -- the feeding side
+
+    def feed(self, data: bytes) -> None:
+        if self._state != "open":
+            raise StateError(f"the unpack of layer {self.name} is already {self._state}")
+        try:
+            self.fed += len(data)
+            if self._blob is not None:
+                self._blob.update(data)
+            if self._decoder is None:
+                self._head += data
+                if len(self._head) < len(ZSTD_MAGIC):
+                    return
+                data, self._head = self._head, b""
+                self._decoder = self._decoder_for(data)
+            self._decoder.write(data)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def finish(self) -> str:
+        """Wait for the extractor and check everything; the diff ID of the layer."""
+        if self._state != "open":
+            raise StateError(f"the unpack of layer {self.name} is already {self._state}")
+        try:
+            if self._decoder is None:
+                head, self._head = self._head, b""
+                self._decoder = self._decoder_for(head)
+                if head:
+                    self._decoder.write(head)
+            self._decoder.close()
+            self._pipe.put(b"")
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            self._check_blob()
+            diff_id = self._diff.digest()
+            if self.expected_diff_id and diff_id != self.expected_diff_id:
+                raise ContentError(
+                    f"diff ID mismatch for layer {self.expected_diff_id}: got {diff_id}"
+                )
+        except BaseException as exc:
+            self._fail(exc)
+        self._state = "finished"
+        return diff_id
+
+    def abort(self) -> None:
+        """Stop and remove dest (a no-op once finished or aborted)."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._pipe.stop()
+        if self._decoder is not None:
+            self._decoder.abort()
+        self._thread.join()
+        shutil.rmtree(self.dest, ignore_errors=True)
+
+    def _check_blob(self) -> None:
+        if self.expected_blob is None or self._blob is None:
+            return
+        if self.fed != self.expected_blob.size:
+            raise ContentError(
+                f"layer blob {self.expected_blob.digest} is {self.fed} bytes but its "
+                f"descriptor says {self.expected_blob.size}"
+            )
+        if self._blob.digest() != self.expected_blob.digest:
+            raise ContentError(
+                f"digest mismatch for {self.expected_blob.digest}: got {self._blob.digest()}"
+            )
+
+    def _decoder_for(self, head: bytes) -> _PlainDecoder | _GzipDecoder | _ZstdDecoder:
+        """By magic bytes, as Docker does, whatever the media type claims."""
+        if head.startswith(GZIP_MAGIC):
+            return _GzipDecoder(self._emit)
+        if head.startswith(ZSTD_MAGIC):
+            return _ZstdDecoder(self._emit, self.name)
+        return _PlainDecoder(self._emit)
+
+    def _emit(self, chunk: bytes) -> None:
+        self._diff.update(chunk)
+        self._pipe.put(chunk)
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        if isinstance(exc, _ExtractorStopped):
+            self._thread.join()
+            exc = self._error or ContentError(f"the unpack of layer {self.name} stopped")
+        self.abort()
+        if isinstance(exc, _UNPACK_ERRORS) and not isinstance(exc, HullError):
+            raise ContentError(f"cannot unpack layer {self.name}: {exc}") from exc
+        raise exc
+
+    # -- the extractor thread
+
+    def _extract(self) -> None:
+        try:
+            reader = _ChunkReader(self._pipe.get)
+            with _Extractor(self.dest) as extractor:
+                extractor.extract(reader)
+            reader.drain()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._pipe.stop()
+
+
 # --------------------------------------------------------------- extraction
 
 
@@ -130,30 +510,18 @@ def unpack_layer(blob_path: Path, media_type: str, dest: Path, expected_diff_id:
     The diff ID (sha256 of the uncompressed tar) must equal expected_diff_id if
     one is given. On any error dest is removed and the error re-raised.
     """
-    if media_type not in LAYER_TYPES:
-        raise ConfigError(f"unsupported layer media type {media_type!r}")
-    verifier = DigestVerifier.for_digest(expected_diff_id) if expected_diff_id else DigestVerifier()
-    dest = Path(dest)
+    unpacker = LayerUnpacker(dest, media_type, expected_diff_id, name=Path(blob_path).name)
     try:
-        os.mkdir(dest, 0o755)  # never unpack over (or later delete) what we did not create
-    except FileExistsError:
-        raise StateError(f"cannot unpack a layer into {dest}: it already exists") from None
-    try:
-        with open_uncompressed(blob_path) as stream:
-            reader = _HashingReader(stream, verifier)
-            with _Extractor(dest) as extractor:
-                extractor.extract(reader)
-            reader.drain()
-        diff_id = verifier.digest()
-        if expected_diff_id and diff_id != expected_diff_id:
-            raise ContentError(f"diff ID mismatch for layer {expected_diff_id}: got {diff_id}")
-    except (OSError, EOFError, ValueError, OverflowError, zlib.error, tarfile.TarError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise ContentError(f"cannot unpack layer {blob_path.name}: {exc}") from exc
+        with open(blob_path, "rb") as blob:
+            while data := blob.read(_FEED_CHUNK):
+                unpacker.feed(data)
+    except OSError as exc:
+        unpacker.abort()
+        raise ContentError(f"cannot unpack layer {Path(blob_path).name}: {exc}") from exc
     except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
+        unpacker.abort()
         raise
-    return diff_id
+    return unpacker.finish()
 
 
 def clean_entry_name(name: str) -> str:
@@ -186,13 +554,15 @@ class _Extractor:
 
     # -- driving
 
-    def extract(self, stream: _HashingReader) -> None:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+    def extract(self, reader: _ChunkReader) -> None:
+        # "r:" reads the headers straight from the reader (no stream-mode buffering
+        # layer); contents go from the reader's chunks to the files in _regular.
+        with tarfile.open(fileobj=reader, mode="r:") as tar:  # type: ignore[call-overload]
             for member in tar:
-                self._entry(tar, member)
+                self._entry(tar, reader, member)
         self._restore_dir_times()
 
-    def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _entry(self, tar: tarfile.TarFile, reader: _ChunkReader, member: tarfile.TarInfo) -> None:
         rel = clean_entry_name(member.name)
         if rel == "":
             if not member.isdir():
@@ -202,40 +572,57 @@ class _Extractor:
         parent_rel, _, base = rel.rpartition("/")
         pfd = self._parent_fd(parent_rel, member.name)
         if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(pfd, base, member)
+            self._whiteout(pfd, parent_rel, base, member)
             return
-        existing = _lstat(pfd, base)
-        if existing is not None and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
-            if member.islnk() and clean_entry_name(member.linkname) == rel:
-                return  # a hard link to itself: nothing to do
-            self._remove(pfd, base, existing)
         if member.isdir():
-            if existing is None or not stat.S_ISDIR(existing.st_mode):
-                os.mkdir(base, 0o700, dir_fd=pfd)
-            self._apply_dir(pfd, base, rel, member)
+            self._directory(pfd, base, rel, member)
         elif member.isreg():
-            self._regular(tar, pfd, base, member)
+            self._regular(tar, reader, pfd, base, rel, member)
         elif member.issym():
-            os.symlink(member.linkname, base, dir_fd=pfd)
+            self._make(
+                pfd, base, rel, member, lambda: os.symlink(member.linkname, base, dir_fd=pfd)
+            )
             os.chown(base, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
             self._xattrs(_proc_path(pfd, base), member, follow=False)
             _utime(pfd, base, member)
         elif member.islnk():
-            self._hardlink(pfd, base, member)
+            self._hardlink(pfd, base, rel, member)
         elif member.ischr() or member.isblk():
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
             device = os.makedev(member.devmajor, member.devminor)
-            os.mknod(base, kind | 0o600, device, dir_fd=pfd)  # inside dest, as Docker allows
+            # inside dest, as Docker allows
+            self._make(
+                pfd, base, rel, member, lambda: os.mknod(base, kind | 0o600, device, dir_fd=pfd)
+            )
             self._apply_meta(pfd, base, member)
             _utime(pfd, base, member)
         elif member.isfifo():
-            os.mkfifo(base, 0o600, dir_fd=pfd)
+            self._make(pfd, base, rel, member, lambda: os.mkfifo(base, 0o600, dir_fd=pfd))
             self._apply_meta(pfd, base, member)
             _utime(pfd, base, member)
         else:
             raise ContentError(
                 f"refusing tar entry {member.name!r}: unsupported type {member.type!r}"
             )
+
+    def _make(
+        self, pfd: int, base: str, rel: str, member: tarfile.TarInfo, create: Callable[[], _T]
+    ) -> _T | None:
+        """Create an entry; if the name is taken, the later entry wins, as in tar.
+
+        Creating first and looking only on EEXIST saves an lstat per entry: names
+        are almost always new.
+        """
+        try:
+            return create()
+        except FileExistsError:
+            pass
+        if member.islnk() and clean_entry_name(member.linkname) == rel:
+            return None  # a hard link to itself: nothing to do
+        existing = _lstat(pfd, base)
+        if existing is not None:
+            self._remove(pfd, base, rel, existing)
+        return create()
 
     # -- path resolution
 
@@ -290,7 +677,7 @@ class _Extractor:
 
     # -- entry kinds
 
-    def _whiteout(self, pfd: int, base: str, member: tarfile.TarInfo) -> None:
+    def _whiteout(self, pfd: int, parent_rel: str, base: str, member: tarfile.TarInfo) -> None:
         if base == OPAQUE_WHITEOUT:
             os.setxattr(f"/proc/self/fd/{pfd}", OPAQUE_XATTR, b"y")
             return
@@ -301,18 +688,42 @@ class _Extractor:
             raise ContentError(f"refusing tar entry {member.name!r}: invalid whiteout")
         existing = _lstat(pfd, name)
         if existing is not None:
-            self._remove(pfd, name, existing)
+            self._remove(pfd, name, f"{parent_rel}/{name}".lstrip("/"), existing)
         os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
         os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
 
-    def _regular(self, tar: tarfile.TarFile, pfd: int, base: str, member: tarfile.TarInfo) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(base, flags, 0o600, dir_fd=pfd)
+    def _directory(self, pfd: int, base: str, rel: str, member: tarfile.TarInfo) -> None:
         try:
-            source = tar.extractfile(member)
-            if source is not None:
-                with os.fdopen(os.dup(fd), "wb") as out:
-                    shutil.copyfileobj(source, out, _CHUNK)
+            os.mkdir(base, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            existing = _lstat(pfd, base)
+            if existing is None or not stat.S_ISDIR(existing.st_mode):
+                if existing is not None:
+                    self._remove(pfd, base, rel, existing)
+                os.mkdir(base, 0o700, dir_fd=pfd)
+        self._apply_dir(pfd, base, rel, member)
+
+    def _regular(
+        self,
+        tar: tarfile.TarFile,
+        reader: _ChunkReader,
+        pfd: int,
+        base: str,
+        rel: str,
+        member: tarfile.TarInfo,
+    ) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = self._make(pfd, base, rel, member, lambda: os.open(base, flags, 0o600, dir_fd=pfd))
+        assert fd is not None
+        try:
+            if member.issparse():
+                source = tar.extractfile(member)
+                assert source is not None
+                while data := source.read(_CHUNK):
+                    _write_all(fd, data)
+            else:
+                reader.seek(member.offset_data)  # where the header left it: a no-op
+                reader.copy_to(fd, member.size)
             os.fchown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid
             self._xattrs(fd, member)
@@ -320,7 +731,7 @@ class _Extractor:
         finally:
             os.close(fd)
 
-    def _hardlink(self, pfd: int, base: str, member: tarfile.TarInfo) -> None:
+    def _hardlink(self, pfd: int, base: str, rel: str, member: tarfile.TarInfo) -> None:
         try:
             target = clean_entry_name(member.linkname)
         except ContentError:
@@ -332,7 +743,13 @@ class _Extractor:
             raise ContentError(f"refusing hard link {member.name!r} to the layer root")
         tfd, tbase = self._resolve_existing(target, member.name)
         try:
-            os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+            self._make(
+                pfd,
+                base,
+                rel,
+                member,
+                lambda: os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False),
+            )
         except FileNotFoundError:
             raise ContentError(
                 f"refusing hard link {member.name!r} -> {member.linkname!r}: "
@@ -382,10 +799,13 @@ class _Extractor:
                 if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
                     raise
 
-    def _remove(self, pfd: int, base: str, existing: os.stat_result) -> None:
+    def _remove(self, pfd: int, base: str, rel: str, existing: os.stat_result) -> None:
         """Make room for a later entry of the same name (later entries win, as in tar)."""
         if stat.S_ISDIR(existing.st_mode):
             shutil.rmtree(base, dir_fd=pfd)  # fd-based: never follows a symlink
+            cached = self._parent[0] if self._parent else None
+            if cached is not None and (cached == rel or cached.startswith(rel + "/")):
+                self._drop_parent_cache()  # it pinned a directory that is gone
         else:
             os.unlink(base, dir_fd=pfd)
 
@@ -498,6 +918,10 @@ class LayerStore:
             out.append(self._dir(chain_id) / "diff")
         return out
 
+    def stream(self, desc: Descriptor, diff_id: str, chain_id: str) -> StreamedLayer:
+        """Unpack a layer from its blob's bytes while they download (see StreamedLayer)."""
+        return StreamedLayer(self, desc, diff_id, chain_id)
+
     def _unpack(self, desc: Descriptor, diff_id: str, chain_id: str) -> None:
         blob = self.store.path(desc.digest)
         size = blob.stat().st_size
@@ -505,26 +929,39 @@ class LayerStore:
             raise ContentError(
                 f"layer blob {desc.digest} is {size} bytes but its descriptor says {desc.size}"
             )
+        tmp, tmp_fd = self._new_tmp()
+        try:
+            unpack_layer(blob, desc.media_type, tmp / "diff", diff_id)
+            self._publish(tmp, chain_id)
+        finally:
+            self._drop_tmp(tmp, tmp_fd)
+
+    def _new_tmp(self) -> tuple[Path, int]:
+        """A private temp dir for one unpack, flocked (open fd) while the unpack lives."""
         with self._locked():  # so sweep() never sees the temp dir before it is flocked
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
             tmp_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             fcntl.flock(tmp_fd, fcntl.LOCK_EX)  # tells sweep() this unpack is alive
-        try:
-            unpack_layer(blob, desc.media_type, tmp / "diff", diff_id)
-            os.sync()  # the marker must not reach the disk before the files do
-            with self._locked():
-                if self.has(chain_id):
-                    return  # another process finished it first
-                final = self._dir(chain_id)
-                if final.exists():
-                    shutil.rmtree(final)  # debris of a crash: no marker
-                os.rename(tmp, final)
-                _write_marker(final / self.MARKER, chain_id)
-                fsync_dir(self.root)
-        finally:
-            os.close(tmp_fd)
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        return tmp, tmp_fd
+
+    def _publish(self, tmp: Path, chain_id: str) -> None:
+        """Move a verified unpack into place; the marker goes last, after the files are durable."""
+        os.sync()  # the marker must not reach the disk before the files do
+        with self._locked():
+            if self.has(chain_id):
+                return  # another process finished it first
+            final = self._dir(chain_id)
+            if final.exists():
+                shutil.rmtree(final)  # debris of a crash: no marker
+            os.rename(tmp, final)
+            _write_marker(final / self.MARKER, chain_id)
+            fsync_dir(self.root)
+
+    @staticmethod
+    def _drop_tmp(tmp: Path, tmp_fd: int) -> None:
+        os.close(tmp_fd)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def remove(self, chain_id: str) -> None:
         """Delete an unpacked layer (callers make sure no image or mount uses it)."""
@@ -567,6 +1004,65 @@ class LayerStore:
             os.close(fd)
 
 
+class StreamedLayer:
+    """One layer unpacked while its blob downloads: feed() the blob's bytes as they
+    arrive (from byte 0, in order), commit() once the download is complete.
+
+    The layer becomes visible (renamed into place, marker written) only in
+    commit(), and only if the bytes fed hash to the descriptor's digest and size
+    and the tar hashes to the diff ID and extracted cleanly: the unpacker checks
+    the blob itself, whatever the content store made of the same bytes. An
+    error, abort() or a crash leaves at most a flocked temp dir, which abort()
+    removes at once and LayerStore.sweep() after a crash.
+    """
+
+    def __init__(self, layers: LayerStore, desc: Descriptor, diff_id: str, chain_id: str) -> None:
+        self.chain_id = chain_id
+        self._layers = layers
+        self._tmp, self._tmp_fd = layers._new_tmp()
+        try:
+            self._unpacker = LayerUnpacker(
+                self._tmp / "diff", desc.media_type, diff_id, expected_blob=desc, name=desc.digest
+            )
+        except BaseException:
+            layers._drop_tmp(self._tmp, self._tmp_fd)
+            raise
+        self._open = True
+
+    @property
+    def fed(self) -> int:
+        """Bytes of the blob fed so far."""
+        return self._unpacker.fed
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> Path:
+        """Verify everything and publish the layer; its diff dir."""
+        if not self._open:
+            raise StateError(f"the unpack of layer {self.chain_id} was already closed")
+        try:
+            self._unpacker.finish()
+            self._layers._publish(self._tmp, self.chain_id)
+        finally:
+            self._close()
+        return self._layers.path(self.chain_id)
+
+    def abort(self) -> None:
+        if self._open:
+            self._unpacker.abort()
+            self._close()
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            self._layers._drop_tmp(self._tmp, self._tmp_fd)
+
+
 def _write_marker(path: Path, chain_id: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
@@ -594,6 +1090,8 @@ def _dir_locked(path: Path) -> bool:
 __all__ = [
     "ContentError",
     "LayerStore",
+    "LayerUnpacker",
+    "StreamedLayer",
     "clean_entry_name",
     "open_uncompressed",
     "unpack_layer",

@@ -25,6 +25,10 @@ from hull.runtime.state import (
     proc_start_time,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hull.runtime.linux.cgroups import CgroupManager
+
 FORWARDED_SIGNALS = (1, 2, 3, 10, 12, 15, 28)  # HUP INT QUIT USR1 USR2 TERM WINCH
 _INIT_HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer")
 
@@ -155,6 +159,8 @@ def create(
             wait_fifo=not run_mode,
             preserve_fds=preserve_fds,
             hooks_in_init=any((config.get("hooks") or {}).get(k) for k in _INIT_HOOKS),
+            cgroup_self_join=cg.self_join_files(),
+            cgroup_wait_go=isinstance(cg, V2Manager),
         )
         chan, child_chan = Channel.pair()
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
@@ -169,8 +175,9 @@ def create(
         if console_fd is not None:
             os.close(console_fd)
             console_fd = None
-        cg.apply(stage1_pid)
-        chan.send("go")
+        if req.cgroup_wait_go:
+            cg.apply(stage1_pid)
+            chan.send("go")
         while True:
             kind, payload = chan.recv()
             if kind == "userns":
@@ -196,6 +203,8 @@ def create(
         state.save()
         if pid_file:
             write_pid_file(pid_file, init_pid)
+        if not run_mode:
+            late_join(cg, init_pid, background=True)
         return state, chan
     except ChannelClosed:
         _abort(state, cg, chan, stage1_pid, init_pid)
@@ -217,6 +226,35 @@ def _cgroup_mount_names(cg, v2: bool) -> dict[str, str]:
     if v2:
         return {"": next(iter(dirs.values()))} if dirs else {}
     return {os.path.basename(mountpoint): d for mountpoint, d in dirs.items()}
+
+
+def late_join(cg: CgroupManager, pid: int, background: bool = False) -> None:
+    """Join dirs that limit nothing (hybrid's cgroup2) off the critical path.
+
+    Moving another process waits for an RCU grace period (up to 20 ms here):
+    `create` leaves that wait to a forked child it does not wait for, a
+    foreground `run` skips it, as it would delay a short-lived container's exit.
+    """
+    from hull.runtime.linux.cgroups import V2Manager
+
+    if isinstance(cg, V2Manager):
+        return
+    dirs = cg.late_join_dirs()
+    if not dirs:
+        return
+    if background:
+        flush_stdio()
+        if os.fork() != 0:
+            return
+        os.setsid()
+    for directory in dirs:
+        try:
+            with open(os.path.join(directory, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        except OSError:
+            pass  # the process may already be gone; these dirs hold no limits
+    if background:
+        os._exit(0)
 
 
 def _connect_console(path: str) -> int:
@@ -348,6 +386,8 @@ def run(
         for signum in FORWARDED_SIGNALS:
             _signal.signal(signum, lambda s, _f: _forward(pid, s))
     chan.send("start")
+    if detach:
+        late_join(_cgroup(state), pid)
     exec_error = None
     try:
         kind, payload = chan.recv()

@@ -40,6 +40,8 @@ class InitRequest:
         "wait_fifo",
         "preserve_fds",
         "hooks_in_init",
+        "cgroup_self_join",
+        "cgroup_wait_go",
     )
 
     def __init__(
@@ -56,6 +58,8 @@ class InitRequest:
         wait_fifo: bool,
         preserve_fds: int,
         hooks_in_init: bool,
+        cgroup_self_join: list[str],
+        cgroup_wait_go: bool,
     ) -> None:
         self.config = config
         self.rootfs = rootfs
@@ -69,6 +73,8 @@ class InitRequest:
         self.wait_fifo = wait_fifo
         self.preserve_fds = preserve_fds
         self.hooks_in_init = hooks_in_init
+        self.cgroup_self_join = cgroup_self_join
+        self.cgroup_wait_go = cgroup_wait_go
 
 
 def child_main(fn: Callable[..., None], chan: Channel, *args: object) -> None:
@@ -114,17 +120,30 @@ def stage1(chan: Channel, req: InitRequest) -> None:
     """Enter or create namespaces, then fork PID 1 of the new pid namespace."""
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     namespaces: dict[str, str | None] = req.namespaces
-    # The parent's move of this process into the cgroup waits for an RCU grace
-    # period on cgroup v1 (milliseconds): import and unshare meanwhile, and wait
-    # for "go" only before the cgroup namespace (its root is our cgroup) and fork.
+    # cgroup v1: join by writing "0" to each `tasks` file ourselves, which skips
+    # the grace period a move by the parent waits for; first, while our
+    # credentials are still the host's. v2: the parent moves us and says "go";
+    # import and unshare meanwhile, waiting only before the cgroup namespace
+    # (its root is our cgroup) and the fork.
+    for tasks in req.cgroup_self_join:
+        fd = os.open(tasks, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        except OSError as err:
+            raise HullError(
+                f"cannot join cgroup {os.path.dirname(tasks)}: {err.strerror}"
+            ) from None
+        finally:
+            os.close(fd)
     import hull.runtime.linux.rootfs  # noqa: F401
     import hull.runtime.process  # noqa: F401
 
-    joined = False
+    joined = not req.cgroup_wait_go
     opened = ns.open_paths(namespaces)
     if "user" in namespaces:
-        chan.expect("go")  # the id-map exchange below must not cross "go"
-        joined = True
+        if not joined:
+            chan.expect("go")  # the id-map exchange below must not cross "go"
+            joined = True
         ns.join([o for o in opened if o[0] == "user"])
         if namespaces["user"] is None:
             sc.unshare(sc.CLONE_NEWUSER)

@@ -1,22 +1,24 @@
-"""Write the fast `hull-runtime` launcher into the venv's bin directory.
+"""Write fast `hull-runtime` and `hull` launchers into the venv's bin directory.
 
-pip's console-script wrapper starts the interpreter with site-packages (and
-imports `re`): about 20 ms before Hull runs a line. The runtime needs nothing
-outside the standard library, so its launcher runs `python -I -S` with the
-package's own directory on sys.path: 6 ms.
+pip's console-script wrapper starts the interpreter with `site` (every .pth
+file, the editable-install finder) and imports `re`: about 20 ms before Hull
+runs a line. These launchers run `python -I -S` with the package's directory
+on sys.path: 6 ms. The runtime needs only the standard library; `hull` also
+gets the venv's site-packages directory (httpx, rich), added as a plain path.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 TEMPLATE = """#!{python} -IS
-# Written by `python -m hull.runtime.launcher`: no site-packages, see its docstring.
+# Written by `python -m hull.runtime.launcher`: no `site`, see its docstring.
 import sys
-sys.path.insert(0, {package_parent!r})
-from hull.runtime.cli import main
+sys.path[:0] = {paths!r}
+from {module} import main
 code = main()
 try:
     sys.stdout.flush()
@@ -27,17 +29,22 @@ import os
 os._exit(code)  # skip interpreter teardown: nothing is left to finalize
 """
 
+LAUNCHERS = {"hull-runtime": "hull.runtime.cli", "hull": "hull.cli.main"}
+
 
 def write_launcher(bin_dir: Path, name: str = "hull-runtime") -> Path:
     import hull
 
     package_parent = str(Path(hull.__file__).resolve().parent.parent)
+    paths = [package_parent]
+    if name != "hull-runtime":
+        paths.append(sysconfig.get_paths()["purelib"])
     python = Path(os.path.abspath(bin_dir)) / "python3"
     if not python.exists():
         python = Path(sys.executable)
     target = Path(os.path.abspath(bin_dir)) / name
     tmp = target.with_suffix(".tmp")
-    tmp.write_text(TEMPLATE.format(python=python, package_parent=package_parent))
+    tmp.write_text(TEMPLATE.format(python=python, paths=paths, module=LAUNCHERS[name]))
     os.chmod(tmp, 0o755)
     os.replace(tmp, target)
     return target
@@ -45,4 +52,5 @@ def write_launcher(bin_dir: Path, name: str = "hull-runtime") -> Path:
 
 if __name__ == "__main__":
     bin_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(sys.executable).parent
-    print(write_launcher(bin_dir))
+    for launcher in LAUNCHERS:
+        print(write_launcher(bin_dir, launcher))

@@ -67,7 +67,9 @@ def test_tag_rmi_and_errors(hull) -> None:
 
     missing = hull("rmi", "nope", ok=False)
     assert missing.returncode == 1 and "hull: no such image: nope" in missing.stderr
-    missing = hull("inspect", "nope", ok=False)
+    missing = hull("inspect", "nope", ok=False)  # containers first, then images: Docker's words
+    assert missing.returncode == 1 and "no such object: nope" in missing.stderr
+    missing = hull("image", "inspect", "nope", ok=False)
     assert missing.returncode == 1 and "no such image: nope" in missing.stderr
 
     refused = hull("rmi", image_id[7:19], ok=False)

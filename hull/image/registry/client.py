@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -59,6 +59,54 @@ USER_AGENT = "hull/0.1"
 REGISTRIES_FILE = "registries.json"  # {"mirrors": {"docker.io": ["127.0.0.1:5000"]}}
 
 ProgressCallback = Callable[[int], None]  # called with the bytes done so far
+
+
+class BlobTee(Protocol):
+    """Wants a blob's bytes as they download, e.g. to unpack a layer on the fly."""
+
+    @property
+    def fed(self) -> int:
+        """How many bytes of the blob, from byte 0, it has been given."""
+        ...
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes of the blob; raising means it gives up (the download goes on)."""
+        ...
+
+
+class _Tee:
+    """Feeds a BlobTee, catching it up from the partial file after a resume, and
+    dropping it for good the first time it fails."""
+
+    def __init__(self, tee: BlobTee, partial: Path) -> None:
+        self.tee: BlobTee | None = tee
+        self.partial = partial
+
+    def catch_up(self, offset: int) -> None:
+        """Give the tee what the partial holds beyond what it has seen, up to offset."""
+        tee = self.tee
+        if tee is None or tee.fed == offset:
+            return
+        if tee.fed > offset:  # the store restarted the partial: the tee cannot rewind
+            self.tee = None
+            return
+        try:
+            with open(self.partial, "rb") as f:
+                f.seek(tee.fed)
+                while tee.fed < offset:
+                    data = f.read(min(DOWNLOAD_CHUNK, offset - tee.fed))
+                    if not data:
+                        raise EOFError(f"{self.partial} is shorter than {offset} bytes")
+                    tee.feed(data)
+        except Exception:
+            self.tee = None
+
+    def feed(self, data: bytes) -> None:
+        if self.tee is not None:
+            try:
+                self.tee.feed(data)
+            except Exception:
+                self.tee = None
 
 
 @dataclass(frozen=True)
@@ -393,17 +441,23 @@ class Repository:
         digest: str,
         size: int | None,
         progress: ProgressCallback | None = None,
+        tee: BlobTee | None = None,
     ) -> str:
         """Stream a blob into the store, resuming a partial with Range; verify and commit.
 
         A dropped connection is retried (from where it stopped) `client.retries` times;
         after that the partial stays in the store and the next pull resumes it.
+
+        `tee` also gets every byte of the blob, in order from byte 0 (what a resumed
+        partial already holds first, read back from the store), before the blob is
+        committed. If it raises, it is dropped and the download goes on without it.
         """
         if store.has(digest):
             return digest
+        sink = _Tee(tee, store.partial_path(digest)) if tee is not None else None
         for attempt in range(self.client.retries + 1):
             try:
-                return self._fetch_blob_once(store, digest, size, progress)
+                return self._fetch_blob_once(store, digest, size, progress, sink)
             except RegistryUnreachableError:
                 if attempt == self.client.retries:
                     raise
@@ -416,9 +470,12 @@ class Repository:
         digest: str,
         size: int | None,
         progress: ProgressCallback | None,
+        tee: _Tee | None = None,
     ) -> str:
         with store.writer(digest, size) as writer:
             offset = writer.offset
+            if tee is not None:
+                tee.catch_up(offset)
             if progress and offset:
                 progress(offset)
             if size is not None and offset == size:
@@ -444,6 +501,8 @@ class Repository:
                         if not chunk:
                             continue
                     writer.write(chunk)
+                    if tee is not None:
+                        tee.feed(chunk)
                     if progress:
                         progress(writer.offset)
             except httpx.TransportError as exc:
@@ -643,6 +702,7 @@ def _check_manifest_digest(raw: bytes, reference: str, response: httpx.Response,
 
 __all__ = [
     "MAX_MANIFEST_SIZE",
+    "BlobTee",
     "FetchedManifest",
     "RegistryClient",
     "RegistryNotFoundError",

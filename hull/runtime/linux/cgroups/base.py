@@ -75,6 +75,14 @@ class CgroupManager:
         """This cgroup's directory in the hierarchy mounted at mountpoint."""
         return os.path.join(mountpoint, *path_components(self.path))
 
+    def self_join_files(self) -> list[str]:
+        """Files the process itself writes "0" to (v1 `tasks`); none on v2."""
+        return []
+
+    def late_join_dirs(self) -> list[str]:
+        """Dirs whose cgroup.procs the parent writes the pid to."""
+        return list(self.hierarchy_dirs().values())
+
     def hierarchy_dirs(self) -> dict[str, str]:
         """mountpoint -> this cgroup's dir there, for every hierarchy it lives in."""
         raise NotImplementedError
