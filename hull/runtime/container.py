@@ -137,15 +137,8 @@ def create(
     stage1_pid = init_pid = 0
     chan: Channel | None = None
     try:
-        resources = runtime_spec.effective_resources(config)
-        cg.create(resources)
-        if resources:
-            cg.set(resources)
-        if not run_mode:
-            os.mkfifo(state.fifo, 0o622)
         if process.get("terminal") and console_socket:
             console_fd = _connect_console(console_socket)
-        state.save()
         req = InitRequest(
             config=config,
             rootfs=rootfs,
@@ -175,9 +168,17 @@ def create(
         if console_fd is not None:
             os.close(console_fd)
             console_fd = None
+        # Stage 1 imports and unshares while we make the cgroup; it joins on "go".
+        resources = runtime_spec.effective_resources(config)
+        cg.create(resources)
+        if resources:
+            cg.set(resources)
+        if not run_mode:
+            os.mkfifo(state.fifo, 0o622)
+        state.save()
         if req.cgroup_wait_go:
             cg.apply(stage1_pid)
-            chan.send("go")
+        chan.send("go")
         while True:
             kind, payload = chan.recv()
             if kind == "userns":

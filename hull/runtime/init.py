@@ -120,30 +120,20 @@ def stage1(chan: Channel, req: InitRequest) -> None:
     """Enter or create namespaces, then fork PID 1 of the new pid namespace."""
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     namespaces: dict[str, str | None] = req.namespaces
-    # cgroup v1: join by writing "0" to each `tasks` file ourselves, which skips
-    # the grace period a move by the parent waits for; first, while our
-    # credentials are still the host's. v2: the parent moves us and says "go";
-    # import and unshare meanwhile, waiting only before the cgroup namespace
-    # (its root is our cgroup) and the fork.
-    for tasks in req.cgroup_self_join:
-        fd = os.open(tasks, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"0")
-        except OSError as err:
-            raise HullError(
-                f"cannot join cgroup {os.path.dirname(tasks)}: {err.strerror}"
-            ) from None
-        finally:
-            os.close(fd)
+    # The parent makes the cgroup meanwhile and says "go" when it exists (v2:
+    # once it moved us in). Import and unshare in the meantime; join before
+    # the cgroup namespace (its root is our cgroup) and the fork.
     import hull.runtime.linux.rootfs  # noqa: F401
     import hull.runtime.process  # noqa: F401
 
-    joined = not req.cgroup_wait_go
+    joined = False
     opened = ns.open_paths(namespaces)
     if "user" in namespaces:
-        if not joined:
-            chan.expect("go")  # the id-map exchange below must not cross "go"
-            joined = True
+        # Join while our credentials are still the host's; the id-map
+        # exchange below must not cross "go".
+        chan.expect("go")
+        _join_cgroup(req)
+        joined = True
         ns.join([o for o in opened if o[0] == "user"])
         if namespaces["user"] is None:
             sc.unshare(sc.CLONE_NEWUSER)
@@ -162,6 +152,7 @@ def stage1(chan: Channel, req: InitRequest) -> None:
         ns.write_time_offsets((req.config.get("linux") or {}).get("timeOffsets") or {})
     if not joined:
         chan.expect("go")
+        _join_cgroup(req)
     ns.join([o for o in opened if o[0] == "cgroup"])
     if "cgroup" in namespaces and namespaces["cgroup"] is None:
         try:
@@ -172,6 +163,21 @@ def stage1(chan: Channel, req: InitRequest) -> None:
     if pid == 0:
         child_main(stage2, chan, req)
     chan.send("pid", str(pid))
+
+
+def _join_cgroup(req: InitRequest) -> None:
+    """cgroup v1: write "0" to each `tasks` file ourselves. A thread moving itself
+    skips the grace period (2-22 ms here) that moving another process waits for."""
+    for tasks in req.cgroup_self_join:
+        fd = os.open(tasks, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        except OSError as err:
+            raise HullError(
+                f"cannot join cgroup {os.path.dirname(tasks)}: {err.strerror}"
+            ) from None
+        finally:
+            os.close(fd)
 
 
 def stage2(chan: Channel, req: InitRequest) -> None:
