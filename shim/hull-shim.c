@@ -553,8 +553,13 @@ static void flush_backlog(struct client *c)
 /* One frame to every client. A client whose socket is full gets a backlog; one that
  * falls more than CLIENT_BACKLOG behind is dropped: a slow or dead reader never
  * holds up the container. */
+static void accept_clients(void);
+
 static void broadcast(int stream, const char *data, size_t n)
 {
+    /* A client that connected before this output must see it, even when poll
+     * reported the output before the pending connection: accept first. */
+    accept_clients();
     uint8_t hdr[8] = {(uint8_t)stream, 0, 0, 0, (uint8_t)(n >> 24), (uint8_t)(n >> 16),
                       (uint8_t)(n >> 8), (uint8_t)n};
     struct iovec iov[2] = {{hdr, 8}, {(void *)data, n}};
