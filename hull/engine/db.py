@@ -94,10 +94,62 @@ def _containers_v1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _net_v1(conn: sqlite3.Connection) -> None:
+    """Networks, IPAM leases, endpoints (a container's veth on a network) and published
+    ports, kept by hull.net. Endpoint and port rows are written before the kernel state
+    they describe, so a crash leaves rows that the sweep can undo."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE net_networks (
+            id       TEXT PRIMARY KEY,              -- 64 hex
+            name     TEXT NOT NULL UNIQUE,
+            bridge   TEXT NOT NULL UNIQUE,          -- Linux bridge device
+            subnet   TEXT NOT NULL,                 -- 10.88.0.0/16
+            gateway  TEXT NOT NULL,                 -- the bridge's own address
+            internal INTEGER NOT NULL DEFAULT 0,    -- no egress, no NAT
+            labels   TEXT NOT NULL DEFAULT '{}',
+            created  REAL NOT NULL
+        );
+        CREATE TABLE net_leases (
+            network_id   TEXT NOT NULL REFERENCES net_networks(id) ON DELETE CASCADE,
+            ip           TEXT NOT NULL,
+            container_id TEXT NOT NULL,
+            created      REAL NOT NULL,
+            PRIMARY KEY (network_id, ip),
+            UNIQUE (network_id, container_id)
+        );
+        CREATE TABLE net_endpoints (
+            container_id TEXT NOT NULL,
+            network_id   TEXT NOT NULL REFERENCES net_networks(id) ON DELETE CASCADE,
+            host_ifname  TEXT NOT NULL UNIQUE,      -- the host end of the veth pair
+            ifname       TEXT NOT NULL,             -- inside the container: eth0, eth1...
+            mac          TEXT NOT NULL,
+            ip           TEXT NOT NULL,
+            aliases      TEXT NOT NULL DEFAULT '[]',
+            netns_path   TEXT NOT NULL,
+            created      REAL NOT NULL,
+            PRIMARY KEY (container_id, network_id)
+        );
+        CREATE TABLE net_ports (
+            proto          TEXT NOT NULL,           -- tcp | udp
+            host_ip        TEXT NOT NULL,           -- 0.0.0.0 = every host address
+            host_port      INTEGER NOT NULL,
+            container_id   TEXT NOT NULL,
+            container_ip   TEXT NOT NULL,
+            container_port INTEGER NOT NULL,
+            PRIMARY KEY (proto, host_ip, host_port)
+        );
+        CREATE INDEX net_ports_by_container ON net_ports(container_id);
+        """,
+    )
+
+
 # Append only; never reorder or edit a migration that has shipped.
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("images", _images_v1),
     ("containers", _containers_v1),
+    ("net", _net_v1),
 ]
 
 
