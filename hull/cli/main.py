@@ -42,6 +42,8 @@ class Group:
 _IMAGES = "hull.cli.images"
 _CONTAINERS = "hull.cli.containers"
 _VOLUMES = "hull.cli.volumes"
+_EXTRA = "hull.cli.container_extra"
+_SYSTEM = "hull.cli.system"
 
 VERBS: dict[str, Verb] = {
     "pull": Verb(f"{_IMAGES}:pull", "Download an image from a registry"),
@@ -68,6 +70,17 @@ VERBS: dict[str, Verb] = {
     "pause": Verb(f"{_CONTAINERS}:pause", "Pause all processes within containers"),
     "unpause": Verb(f"{_CONTAINERS}:unpause", "Unpause all processes within containers"),
     "logout": Verb(f"{_IMAGES}:logout", "Log out from a registry"),
+    "stats": Verb(f"{_EXTRA}:stats", "Display a live stream of container resource usage"),
+    "top": Verb(f"{_EXTRA}:top", "Display the running processes of a container"),
+    "cp": Verb(f"{_EXTRA}:cp", "Copy files between a container and the local filesystem"),
+    "port": Verb(f"{_EXTRA}:port", "List port mappings of a container"),
+    "rename": Verb(f"{_EXTRA}:rename", "Rename a container"),
+    "update": Verb(f"{_EXTRA}:update", "Update the resource limits of containers"),
+    "attach": Verb(f"{_EXTRA}:attach", "Attach to a running container's output and input"),
+    "diff": Verb(f"{_EXTRA}:diff", "Inspect changes to files in a container's filesystem"),
+    "commit": Verb(f"{_EXTRA}:commit", "Create a new image from a container's changes"),
+    "info": Verb(f"{_SYSTEM}:info", "Display system-wide information"),
+    "version": Verb(f"{_SYSTEM}:version", "Show the Hull version information"),
 }
 
 GROUPS: dict[str, Group] = {
@@ -113,6 +126,15 @@ GROUPS: dict[str, Group] = {
             "cleanup": Verb(
                 f"{_CONTAINERS}:cleanup", "(internal) record a container's exit; run by its shim"
             ),
+            "stats": Verb(f"{_EXTRA}:stats", "Display container resource usage"),
+            "top": Verb(f"{_EXTRA}:top", "Display the running processes of a container"),
+            "cp": Verb(f"{_EXTRA}:cp", "Copy files between a container and the host"),
+            "port": Verb(f"{_EXTRA}:port", "List port mappings of a container"),
+            "rename": Verb(f"{_EXTRA}:rename", "Rename a container"),
+            "update": Verb(f"{_EXTRA}:update", "Update the resource limits of containers"),
+            "attach": Verb(f"{_EXTRA}:attach", "Attach to a running container"),
+            "diff": Verb(f"{_EXTRA}:diff", "Inspect changes to a container's filesystem"),
+            "commit": Verb(f"{_EXTRA}:commit", "Create a new image from a container's changes"),
         },
     ),
     "volume": Group(
@@ -127,7 +149,14 @@ GROUPS: dict[str, Group] = {
         },
     ),
     "network": Group("Manage networks"),
-    "system": Group("Manage Hull"),
+    "system": Group(
+        "Manage Hull",
+        {
+            "df": Verb(f"{_SYSTEM}:system_df", "Show Hull disk usage"),
+            "prune": Verb(f"{_SYSTEM}:system_prune", "Remove unused data"),
+            "info": Verb(f"{_SYSTEM}:info", "Display system-wide information"),
+        },
+    ),
 }
 
 

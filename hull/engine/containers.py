@@ -226,7 +226,7 @@ class ContainerService:
         cid = secrets.token_hex(32)
         name = run.name or self._random_name()
         if run.name:
-            _check_name(run.name)
+            check_name(run.name)
         layout = self.layout(cid)
         layout.dir.mkdir(parents=True)
         try:
@@ -320,8 +320,8 @@ class ContainerService:
         mounted = False
         shim = None
         try:
-            with _ContainerLock(layout):
-                mounted = self._mount_rootfs(record, layout)
+            with ContainerLock(layout):
+                mounted = self.mount_rootfs(record, layout)
                 self._write_config(record, layout)
                 shim = self._spawn_shim(record, layout)
                 if before_start is not None:
@@ -344,7 +344,7 @@ class ContainerService:
             raise
         return self.get(record.id)
 
-    def _mount_rootfs(self, record: ContainerRecord, layout: ContainerLayout) -> bool:
+    def mount_rootfs(self, record: ContainerRecord, layout: ContainerLayout) -> bool:
         from hull.image.snapshots import mount_overlay
 
         if os.path.ismount(layout.rootfs):
@@ -553,7 +553,7 @@ class ContainerService:
         layout = self.layout(record)
         from hull.engine.shim import exit_error, read_exit, shim_alive
 
-        with _ContainerLock(layout):
+        with ContainerLock(layout):
             record = self.get(record.id)
             if record.state not in (RUNNING, PAUSED):
                 return record
@@ -769,14 +769,14 @@ def inspect_document(record: ContainerRecord, layout: ContainerLayout) -> dict[s
     }
 
 
-class _ContainerLock:
+class ContainerLock:
     """flock on the container's lock file: one engine at a time changes a container."""
 
     def __init__(self, layout: ContainerLayout) -> None:
         self.path = layout.lock
         self.fd = -1
 
-    def __enter__(self) -> _ContainerLock:
+    def __enter__(self) -> ContainerLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -829,7 +829,7 @@ def _make_workdir(rootfs: Path, cwd: str) -> None:
         os.close(rootfd)
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     ok = name[:1].isalnum() and all(c.isalnum() or c in "_.-" for c in name) and name.isascii()
     if not ok:
         raise ConfigError(

@@ -500,6 +500,77 @@ class ImageService:
                 self._discard_blobs(built.new_blobs, keep=set())
                 raise
 
+    def commit(
+        self,
+        base_image_id: str,
+        layer_blob: Path,
+        diff_id: str,
+        config: dict[str, Any],
+        ref: str | None = None,
+    ) -> ImageRecord:
+        """Record an image made of the base's layers plus one more (`docker commit`).
+
+        layer_blob is a gzipped layer tar whose uncompressed digest is diff_id; config
+        is the new image config, whose rootfs this fills in. Blobs are written under
+        the writer lock and the image recorded in one transaction, as pull and load do.
+        """
+        from hull.oci.digest import DigestVerifier, sha256_digest
+        from hull.oci.image import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
+
+        base = self.catalog.get(base_image_id)
+        if base is None:
+            raise NotFoundError(f"no such image: {base_image_id}")
+        tags = [parse_tag(ref)] if ref else []
+        verifier = DigestVerifier()
+        with open(layer_blob, "rb") as f:
+            while chunk := f.read(1 << 20):
+                verifier.update(chunk)
+        layer = Descriptor(OCI_LAYER_GZIP, verifier.digest(), verifier.size)
+        full_config = {
+            **config,
+            "rootfs": {"type": "layers", "diff_ids": [*base.diff_ids, diff_id]},
+        }
+        config_raw = json.dumps(full_config, sort_keys=True, separators=(",", ":")).encode()
+        new_blobs: list[str] = []
+        with self._writer_lock():
+            try:
+                if not self.store.has(layer.digest):
+                    with (
+                        self.store.writer(layer.digest, layer.size) as w,
+                        open(layer_blob, "rb") as f,
+                    ):
+                        while chunk := f.read(1 << 20):
+                            w.write(chunk)
+                        w.commit()
+                    new_blobs.append(layer.digest)
+                config_digest = sha256_digest(config_raw)
+                if not self.store.has(config_digest):
+                    self.store.write_bytes(config_raw, config_digest)
+                    new_blobs.append(config_digest)
+                manifest_doc = {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": Descriptor(OCI_CONFIG, config_digest, len(config_raw)).to_dict(),
+                    "layers": [
+                        *(old.descriptor().to_dict() for old in base.layers),
+                        layer.to_dict(),
+                    ],
+                }
+                manifest_raw = json.dumps(
+                    manifest_doc, sort_keys=True, separators=(",", ":")
+                ).encode()
+                manifest_digest = sha256_digest(manifest_raw)
+                if not self.store.has(manifest_digest):
+                    self.store.write_bytes(manifest_raw, manifest_digest)
+                    new_blobs.append(manifest_digest)
+                manifest = parse_manifest(manifest_raw, OCI_MANIFEST)
+                if not isinstance(manifest, Manifest):
+                    raise ConfigError("a committed manifest parsed as an index")
+                return self._record(manifest_digest, manifest, None, tags, [])
+            except BaseException:
+                self._discard_blobs(new_blobs, keep=set())
+                raise
+
     # ---------------------------------------------------------------- removal
 
     def remove(self, name: str, force: bool = False) -> list[dict[str, str]]:
