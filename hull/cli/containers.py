@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     with _service(args) as service:
         record = service.create(config)
+        if config.isolation == "vm":
+            return service.run_vm(record.id)
         if config.detach:
             try:
                 service.start(record.id)

@@ -212,11 +212,13 @@ class ContainerService:
 
     def create(self, run: RunConfig) -> ContainerRecord:
         """Docker's create: resolve (or pull) the image, name, dirs, a row."""
-        if run.isolation == "vm":
+        if run.isolation == "vm" and (run.detach or run.tty or run.interactive):
             raise HullError(
-                "--isolation=vm is not available yet: microVM isolation arrives with its own "
-                "issue; use --isolation=container"
+                "--isolation=vm runs attached, without -d, -i or -t, for now: detached "
+                "microVMs need a supervisor that is not built yet"
             )
+        if run.isolation == "vm" and run.mounts:
+            raise HullError("--isolation=vm does not support volumes or mounts yet")
         if run.network not in ("none", "host"):
             raise HullError(
                 f"--network {run.network} is not available yet: use --network none or host "
@@ -443,6 +445,64 @@ class ContainerService:
             delete(StateStore(str(layout.runtime_root)), cid, force=force)
         except HullError:
             pass
+
+    def run_vm(self, ref: str) -> int:
+        """Run a created container in a microVM with its own kernel, attached.
+
+        The image's layers (merged with overlayfs) become the VM's read-only
+        erofs root disk, cached per chain ID; the process is what config.json
+        would say for a container.
+        """
+        from hull.engine.spec import build_spec
+        from hull.oci.image import chain_ids
+        from hull.vm.sandbox import run_in_vm
+
+        record = self.get(ref)
+        layout = self.layout(record)
+        image = self.images.catalog.get(record.image_id)
+        if image is None:
+            raise NotFoundError(f"the image of container {record.name} is gone")
+        mounted = self.mount_rootfs(record, layout)
+        self.db.execute(
+            "UPDATE containers SET state = ?, started_at = ? WHERE id = ?",
+            (RUNNING, time.time(), record.id),
+        )
+        code = 255
+        try:
+            spec = build_spec(
+                record.run,
+                (image.config or {}).get("config") or {},
+                record.id,
+                layout.dir,
+                layout.rootfs,
+            )
+            process = spec["process"]
+            user = process.get("user") or {}
+            memory = record.run.memory
+            code = run_in_vm(
+                layout.rootfs,
+                process["args"],
+                process.get("env") or [],
+                process.get("cwd") or "/",
+                memory_mib=max(128, (memory or 0) >> 20),
+                cpus=max(1, int(-(-(record.run.cpus or 1) // 1))),
+                uid=user.get("uid", 0),
+                gid=user.get("gid", 0),
+                gids=user.get("additionalGids") or [],
+                hostname=spec.get("hostname"),
+                chain_id=chain_ids(image.diff_ids)[-1] if image.diff_ids else None,
+                paths=self.paths,
+            )
+        finally:
+            if mounted:
+                _detach_rootfs(layout)
+            self.db.execute(
+                "UPDATE containers SET state = ?, exit_code = ?, finished_at = ? WHERE id = ?",
+                (EXITED, code, time.time(), record.id),
+            )
+        if record.run.rm:
+            self.remove(record.id, force=True, volumes=True)
+        return code
 
     # ------------------------------------------------------------------ signals
 
