@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hull.paths import HullPaths
+
 SCRIPT = (
     "echo \"  pid inside:  $$ (host pids are invisible: $(ls /proc | grep -c '^[0-9]') visible)\";"
     'echo "  hostname:    $(hostname)";'
@@ -41,7 +43,7 @@ def runtime_cmd() -> list[str]:
     return [sys.executable, "-m", "hull.runtime.cli"]
 
 
-def _run_vm(paths, rootfs: Path) -> str:  # type: ignore[no-untyped-def]
+def _run_vm(paths: HullPaths, rootfs: Path) -> str:
     """Boot the rootfs in a microVM twice (assets cached by the first); a table cell."""
     import io
 
@@ -72,7 +74,6 @@ def main() -> int:
     from hull.engine.images import ImageService
     from hull.image.snapshots import mount_overlay, unmount
     from hull.oci.runtime_spec import default_spec
-    from hull.paths import HullPaths
 
     tmp = Path(tempfile.mkdtemp(prefix="hull-demo-"))
     paths = HullPaths(tmp / "lib", tmp / "run")

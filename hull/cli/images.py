@@ -37,7 +37,27 @@ def _err(message: str) -> None:
 # ----------------------------------------------------------------- pull / push
 
 
+def _tls_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tls-verify",
+        type=_boolean,
+        default=True,
+        metavar="BOOL",
+        help="verify the registry's TLS certificate (default true; --tls-verify=false for "
+        "self-signed registries)",
+    )
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def pull_args(p: argparse.ArgumentParser) -> None:
+    _tls_flag(p)
     p.add_argument("--platform", help="pull for this platform (os/arch[/variant])")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image name")
     p.add_argument("name", metavar="NAME[:TAG|@DIGEST]")
@@ -60,7 +80,12 @@ def pull(args: argparse.Namespace) -> int:
             before: str | None = service.resolve(str(ref)).id
         except NotFoundError:
             before = None
-        image = service.pull(args.name, platform=platform, progress=None if args.quiet else "auto")
+        image = service.pull(
+            args.name,
+            platform=platform,
+            progress=None if args.quiet else "auto",
+            tls_verify=args.tls_verify,
+        )
     if not args.quiet:
         print(f"Digest: {image.index_digest or image.manifest_digest}")
         if before == image.id:
@@ -72,13 +97,16 @@ def pull(args: argparse.Namespace) -> int:
 
 
 def push_args(p: argparse.ArgumentParser) -> None:
+    _tls_flag(p)
     p.add_argument("-q", "--quiet", action="store_true", help="suppress progress output")
     p.add_argument("name", metavar="NAME[:TAG]")
 
 
 def push(args: argparse.Namespace) -> int:
     with _service(args) as service:
-        digest = service.push(args.name, progress=None if args.quiet else "auto")
+        digest = service.push(
+            args.name, progress=None if args.quiet else "auto", tls_verify=args.tls_verify
+        )
     print(f"{args.name}: digest: {digest}")
     return 0
 
@@ -388,6 +416,7 @@ def login_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-u", "--username", help="username")
     p.add_argument("-p", "--password", help="password (prefer --password-stdin)")
     p.add_argument("--password-stdin", action="store_true", help="take the password from stdin")
+    _tls_flag(p)
     p.add_argument("server", nargs="?", default="docker.io", metavar="SERVER")
 
 
@@ -418,7 +447,7 @@ def login(args: argparse.Namespace) -> int:
     previous = load_credentials(args.server)
     store_credentials(args.server, username, password)
     try:
-        with RegistryClient.from_environment() as client:
+        with RegistryClient.from_environment(tls_verify=args.tls_verify) as client:
             client.login(args.server)
     except BaseException:
         if previous is not None:

@@ -379,13 +379,20 @@ class ImageService:
     # ---------------------------------------------------------------- writes
 
     def pull(
-        self, ref: str, platform: Platform | None = None, progress: ProgressOption | None = None
+        self,
+        ref: str,
+        platform: Platform | None = None,
+        progress: ProgressOption | None = None,
+        tls_verify: bool = True,
     ) -> ImageRecord:
+        from hull.image.registry import RegistryClient
         from hull.image.registry import pull as registry_pull
 
         reference = parse_reference(ref)
-        with self._writer_lock():
-            result = registry_pull(reference, self.store, platform=platform, progress=progress)
+        with self._writer_lock(), RegistryClient.from_environment(tls_verify=tls_verify) as client:
+            result = registry_pull(
+                reference, self.store, platform=platform, progress=progress, client=client
+            )
             manifest = result.manifest
             if not isinstance(manifest, Manifest):
                 manifest = self._read_manifest(result.manifest_digest)
@@ -400,13 +407,19 @@ class ImageService:
                 result.manifest_digest, manifest, result.index_digest, tags, [repo_digest]
             )
 
-    def push(self, ref: str, progress: ProgressOption | None = None) -> str:
+    def push(
+        self, ref: str, progress: ProgressOption | None = None, tls_verify: bool = True
+    ) -> str:
         """Push the image `ref` names to its registry; return the manifest digest."""
+        from hull.image.registry import RegistryClient
         from hull.image.registry import push as registry_push
 
         reference = parse_reference(ref)
         image = self.resolve(ref)
-        registry_push(reference, self.store, image.manifest_digest, progress=progress)
+        with RegistryClient.from_environment(tls_verify=tls_verify) as client:
+            registry_push(
+                reference, self.store, image.manifest_digest, progress=progress, client=client
+            )
         if reference.tag:
             with self.db.transaction():
                 self.catalog.add_digest(

@@ -208,3 +208,14 @@ def test_table_padding_and_json_lines(capsys: pytest.CaptureFixture[str]) -> Non
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == rows
     output.print_formatted("table {{.A}}", rows, [], [])
     assert capsys.readouterr().out.splitlines() == ["A", "x", "yyyy"]
+
+
+def test_tls_verify_flag() -> None:
+    for verb in ("pull", "push"):
+        parsed = parse([verb, "--tls-verify=false", "x"])
+        assert not isinstance(parsed, str)
+        assert parsed[0].tls_verify is False
+        parsed = parse([verb, "x"])
+        assert not isinstance(parsed, str) and parsed[0].tls_verify is True
+    with pytest.raises(UsageError):
+        parse(["pull", "--tls-verify=maybe", "x"])
