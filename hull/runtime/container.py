@@ -14,7 +14,6 @@ from hull.oci import runtime_spec
 from hull.runtime import fastjson
 from hull.runtime.channel import Channel, ChannelClosed, ChildError
 from hull.runtime.init import InitRequest, child_main, flush_stdio, stage1
-from hull.runtime.linux import syscalls as sc
 from hull.runtime.state import (
     CREATED,
     PAUSED,
@@ -156,7 +155,6 @@ def create(
             cgroup_wait_go=isinstance(cg, V2Manager),
         )
         chan, child_chan = Channel.pair()
-        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         flush_stdio()
         stage1_pid = os.fork()
         if stage1_pid == 0:
@@ -165,6 +163,10 @@ def create(
                 os.set_inheritable(console_fd, True)
             child_main(stage1, child_chan, req)
         child_chan.close()
+        from hull.runtime.linux import syscalls as sc
+
+        # Subreaper before stage 1 exits, so PID 1 becomes our child (run waits for it).
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         if console_fd is not None:
             os.close(console_fd)
             console_fd = None

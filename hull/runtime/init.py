@@ -16,8 +16,9 @@ import sys
 
 from hull.errors import HullError
 from hull.runtime.channel import Channel
-from hull.runtime.linux import namespaces as ns
-from hull.runtime.linux import syscalls as sc
+
+# hull.runtime.linux.syscalls (ctypes, ~2 ms to import) is imported by the
+# children, after the fork: the parent makes the cgroup in parallel meanwhile.
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing imports cost start-up time: only for mypy
@@ -118,6 +119,9 @@ def _report(chan: Channel, message: str) -> None:
 
 def stage1(chan: Channel, req: InitRequest) -> None:
     """Enter or create namespaces, then fork PID 1 of the new pid namespace."""
+    from hull.runtime.linux import namespaces as ns
+    from hull.runtime.linux import syscalls as sc
+
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     namespaces: dict[str, str | None] = req.namespaces
     # The parent makes the cgroup meanwhile and says "go" when it exists (v2:
@@ -183,6 +187,7 @@ def _join_cgroup(req: InitRequest) -> None:
 def stage2(chan: Channel, req: InitRequest) -> None:
     """PID 1: build the root filesystem, wait for start, exec the process."""
     from hull.runtime.linux import rootfs as rootfs_mod
+    from hull.runtime.linux import syscalls as sc
 
     config: dict = req.config
     namespaces: dict[str, str | None] = req.namespaces
