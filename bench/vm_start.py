@@ -1,22 +1,27 @@
-"""microVM start: run-to-exit of `true` in a cold-booted VM next to hull-runtime, and PSS.
+"""microVM start: warm restore vs cold boot vs a container, run to exit of `true`; idle PSS.
 
-    sudo .venv/bin/python bench/vm_start.py [--runs 5] [--idle 3] [--root DIR]
+    sudo .venv/bin/python bench/vm_start.py [--runs 9] [--root DIR]
 
-- vm cold: a fresh `python -c run_in_vm(rootfs, ["true"])` per run, so interpreter
-  start, imports, the per-run erofs disk, QEMU start, kernel boot, the agent's run and
-  power-off are all inside the figure (guest assets are cached before timing).
-- vm phases: in-process MicroVm.boot (to the agent's "ready"), run, power-off.
-- container: `hull-runtime run --bundle B` of the same busybox rootfs, running `true`.
-- idle PSS: N VMs booted side by side, left idle 3 s, Pss of each QEMU process from
-  /proc/PID/smaps_rollup.
-Medians over --runs. Everything lives in a temp root (or --root, to keep the kernel
-cache between runs) and is removed at the end.
+Run to exit of `true`, one fresh process per run, medians over --runs:
+- hull run: `hull run --rm --isolation=vm busybox true` (warm, the default), the same
+  with HULL_VM_WARM=0 (cold boot), and `--isolation=container`, on the busybox image
+  made by `hull image bootstrap busybox`: the issue's target figure;
+- run_in_vm: `python -c run_in_vm(rootfs, ["true"])` warm and cold (interpreter,
+  imports, QEMU, guest, teardown; no engine), next to `hull-runtime run` of the same
+  rootfs (the container runtime alone).
+Guest assets and the warm-start template are made before timing.
+Idle PSS: 4 VMs restored side by side (each ran `true`, then idles 3 s) against 2
+cold-booted ones; the sum of Pss from /proc/PID/smaps_rollup of their QEMU processes
+divided by their number. Everything lives in a temp root (or --root, to keep the
+kernel cache) and is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -31,9 +36,14 @@ sys.path.insert(0, str(REPO))
 
 from hull.oci.runtime_spec import default_spec  # noqa: E402
 from hull.paths import HullPaths  # noqa: E402
+from hull.vm.microvm import MicroVm, VmShape, guest_assets, pick_accel  # noqa: E402
 from hull.vm.protocol import RunRequest  # noqa: E402
-from hull.vm.sandbox import MicroVm, guest_assets, pick_accel  # noqa: E402
+from hull.vm.template import ensure_template, restore_vm  # noqa: E402
 from tests.fixtures.busybox import build_busybox_rootfs  # noqa: E402
+
+TARGET_WARM_S = 0.3
+TARGET_PSS_MIB = 48.0
+MEMORY_MIB = 128
 
 VM_ONE_SHOT = """
 import sys
@@ -41,49 +51,44 @@ from pathlib import Path
 from hull.paths import HullPaths
 from hull.vm.sandbox import run_in_vm
 paths = HullPaths(Path(sys.argv[1]), Path(sys.argv[2]))
-sys.exit(run_in_vm(Path(sys.argv[3]), ["true"], [], paths=paths, accel=sys.argv[4]))
+sys.exit(run_in_vm(Path(sys.argv[3]), ["true"], [], paths=paths, accel=sys.argv[4],
+                   chain_id=sys.argv[5], warm=sys.argv[6] == "warm"))
 """
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{cmd[:4]} failed ({done.returncode}): {done.stderr.strip()}")
+        raise SystemExit(f"{cmd[:6]} failed ({done.returncode}): {done.stderr.strip()}")
     return elapsed
 
 
-def bench_vm_cold(paths: HullPaths, rootfs: Path, accel: str, runs: int) -> list[float]:
+def bench_run_in_vm(
+    paths: HullPaths, rootfs: Path, accel: str, mode: str, runs: int
+) -> list[float]:
+    chain_id = "sha256:" + hashlib.sha256(str(rootfs).encode()).hexdigest()
     cmd = [sys.executable, "-c", VM_ONE_SHOT, str(paths.root), str(paths.runroot)]
-    return [timed([*cmd, str(rootfs), accel]) for _ in range(runs)]
+    return [timed([*cmd, str(rootfs), accel, chain_id, mode]) for _ in range(runs)]
 
 
-def bench_vm_phases(
-    paths: HullPaths, rootfs: Path, accel: str, runs: int
-) -> dict[str, list[float]]:
-    assets = guest_assets(paths)
-    phases: dict[str, list[float]] = {"boot to ready": [], "run true": [], "power-off": []}
-    sink = open("/dev/null", "wb")  # noqa: SIM115 - closed below
-    try:
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            with MicroVm.boot(paths, assets, rootfs, accel=accel) as vm:
-                t1 = time.perf_counter()
-                vm.run(RunRequest(["true"]), sink, sink)
-                t2 = time.perf_counter()
-                vm.poweroff()
-                t3 = time.perf_counter()
-            phases["boot to ready"].append(t1 - t0)
-            phases["run true"].append(t2 - t1)
-            phases["power-off"].append(t3 - t2)
-    finally:
-        sink.close()
-    return phases
+def hull_cli() -> str:
+    return shutil.which("hull") or str(Path(sys.executable).parent / "hull")
+
+
+def bench_hull_run(
+    paths: HullPaths, isolation: str, runs: int, env: dict[str, str] | None = None
+) -> list[float]:
+    cmd = [hull_cli(), "--root", str(paths.root), "--runroot", str(paths.runroot)]
+    cmd += ["run", "--rm", "--network", "none", f"--isolation={isolation}", "busybox", "true"]
+    timed(cmd, env)  # warm-up (first use of the image's disk)
+    return [timed(cmd, env) for _ in range(runs)]
 
 
 def bench_container(work: Path, rootfs: Path, runs: int) -> list[float]:
     state = work / "runtime-state"
+    runtime = shutil.which("hull-runtime") or str(Path(sys.executable).parent / "hull-runtime")
     results = []
     for _ in range(runs):
         bundle = work / f"bundle-{uuid.uuid4().hex[:8]}"
@@ -94,7 +99,6 @@ def bench_container(work: Path, rootfs: Path, runs: int) -> list[float]:
         config["process"]["args"] = ["true"]
         config["linux"]["cgroupsPath"] = f"/hull-bench/{uuid.uuid4().hex[:12]}"
         (bundle / "config.json").write_text(json.dumps(config))
-        runtime = shutil.which("hull-runtime") or str(Path(sys.executable).parent / "hull-runtime")
         cid = uuid.uuid4().hex[:12]
         results.append(timed([runtime, "--root", str(state), "run", "--bundle", str(bundle), cid]))
         shutil.rmtree(bundle)
@@ -108,31 +112,55 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def bench_idle_pss(paths: HullPaths, rootfs: Path, accel: str, count: int) -> list[float]:
+def idle_pss_per_vm(vms: list[MicroVm]) -> float:
+    """MiB: every VM ran `true`, then all idle 3 s; total Pss of their QEMUs / count."""
+    with open(os.devnull, "wb") as sink:
+        for vm in vms:
+            vm.run(RunRequest(["true"]), sink, sink)
+    time.sleep(3)
+    return sum(pss_kib(vm.qemu.pid) for vm in vms) / 1024 / len(vms)
+
+
+def bench_pss(paths: HullPaths, rootfs: Path, accel: str, warm: int, cold: int) -> dict[str, float]:
     assets = guest_assets(paths)
+    shape = VmShape(accel, MEMORY_MIB, 1)
+    template = ensure_template(paths, assets, shape)
+    figures = {}
     vms: list[MicroVm] = []
     try:
-        for _ in range(count):
-            vms.append(MicroVm.boot(paths, assets, rootfs, accel=accel))
-        time.sleep(3)
-        return [pss_kib(vm.qemu.pid) / 1024 for vm in vms]
+        for _ in range(warm):
+            vms.append(restore_vm(paths, assets, shape, template, rootfs))
+        figures[f"{warm} restored"] = idle_pss_per_vm(vms)
     finally:
         for vm in vms:
             vm.close()
+    vms = []
+    try:
+        for _ in range(cold):
+            vms.append(MicroVm.boot(paths, assets, rootfs, accel=accel, memory_mib=MEMORY_MIB))
+        figures[f"{cold} cold-booted"] = idle_pss_per_vm(vms)
+    finally:
+        for vm in vms:
+            vm.close()
+    return figures
 
 
-def show(name: str, values: list[float], unit: str = "s") -> None:
-    fmt = ".3f" if unit == "s" else ".1f"
+def show(name: str, values: list[float]) -> float:
+    median = statistics.median(values)
     print(
-        f"  {name:<28} median {statistics.median(values):{fmt}} {unit}"
-        f"  (min {min(values):{fmt}}, max {max(values):{fmt}}, n={len(values)})"
+        f"  {name:<44} median {median:6.3f} s  (min {min(values):.3f}, max {max(values):.3f},"
+        f" n={len(values)})"
     )
+    return median
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--idle", type=int, default=3, help="idle VMs for the PSS figure")
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--root", help="a Hull root to keep the guest kernel cache in")
     args = parser.parse_args()
 
@@ -144,15 +172,39 @@ def main() -> None:
         rootfs = build_busybox_rootfs(work / "rootfs")
         assets = guest_assets(paths)
         accel = pick_accel(paths, assets)
+        started = time.perf_counter()
+        ensure_template(paths, assets, VmShape(accel, MEMORY_MIB, 1))
+        built = time.perf_counter() - started
         print(f"guest kernel {assets.kernel.release} ({assets.kernel.version}), accel {accel}")
-        print("run-to-exit of `true`:")
-        show("vm cold boot (process)", bench_vm_cold(paths, rootfs, accel, args.runs))
-        for name, values in bench_vm_phases(paths, rootfs, accel, args.runs).items():
-            show(f"  vm {name}", values)
+        print(f"warm-start template ({MEMORY_MIB} MiB, 1 vCPU): ready in {built:.2f} s")
+        subprocess.run(
+            [hull_cli(), "--root", str(root), "--runroot", str(paths.runroot)]
+            + ["image", "bootstrap", "busybox"],
+            check=True,
+            capture_output=True,
+        )
+        cold_env = {**os.environ, "HULL_VM_WARM": "0"}
+        print("run to exit of `true` (a fresh process per run):")
+        warm = show("hull run --rm --isolation=vm (warm)", bench_hull_run(paths, "vm", args.runs))
+        show("hull run --rm --isolation=vm (cold boot)", bench_hull_run(paths, "vm", 3, cold_env))
+        show("hull run --rm --isolation=container", bench_hull_run(paths, "container", args.runs))
+        show("run_in_vm warm restore", bench_run_in_vm(paths, rootfs, accel, "warm", args.runs))
+        show("run_in_vm cold boot", bench_run_in_vm(paths, rootfs, accel, "cold", 3))
         show("container (hull-runtime run)", bench_container(work, rootfs, args.runs))
-        if args.idle > 0:
-            print(f"idle microVMs ({args.idle} side by side, 128 MiB each):")
-            show("PSS per QEMU", bench_idle_pss(paths, rootfs, accel, args.idle), "MiB")
+        print(f"idle microVMs, {MEMORY_MIB} MiB each (Pss of QEMU, per VM):")
+        pss = bench_pss(paths, rootfs, accel, warm=4, cold=2)
+        for name, value in pss.items():
+            print(f"  {name:<44} {value:6.1f} MiB")
+        print("targets:")
+        print(
+            f"  warm `hull run --rm --isolation=vm busybox true` <= {TARGET_WARM_S} s:"
+            f" {verdict(warm <= TARGET_WARM_S)} ({warm:.3f} s)"
+        )
+        restored = pss["4 restored"]
+        print(
+            f"  PSS per idle restored microVM <= {TARGET_PSS_MIB:.0f} MiB:"
+            f" {verdict(restored <= TARGET_PSS_MIB)} ({restored:.1f} MiB)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,10 +1,9 @@
 /*
  * hull-agent: Hull's guest agent, PID 1 of a Hull microVM after /init.
  *
- * /init (a busybox script in the initramfs) loads the virtio modules, mounts the
- * image's root disk at /mnt/root and execs this program. The agent then owns the
- * guest: it opens the virtio-serial port named "hull.agent", says it is ready, and
- * serves requests, one JSON object per line:
+ * /init (a busybox script in the initramfs) loads the virtio modules and execs this
+ * program. The agent then owns the guest: it opens the virtio-serial port named
+ * "hull.agent", says it is ready, and serves requests, one JSON object per line:
  *
  *   {"type":"run","args":[...],"env":["K=V",...],"cwd":"/","uid":0,"gid":0,
  *    "gids":[...],"hostname":"x","realtime_ns":N}
@@ -16,6 +15,13 @@
  *   {"type":"ready"}                      once, when the port is open
  *   {"type":"exit","code":N}              the workload ended (128+sig if killed)
  *   {"type":"error","code":N,"message":"..."}  it could not start (126/127/125)
+ *
+ * The root disk (/dev/vda, the image's erofs) is mounted only when the first run
+ * request comes, under a tmpfs-backed overlay at /mnt/root. That is what makes warm
+ * start work: a VM saved while idle has not looked at its disk yet, so the host can
+ * restore it with a different image's file behind the same device. The disk's
+ * cached blocks (the kernel's partition scan read the template's placeholder) are
+ * dropped before the mount.
  *
  * After a run the agent kills whatever the workload left behind and waits for the
  * next request, so a VM saved while idle can be restored and reused (warm start).
@@ -34,6 +40,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -45,6 +53,10 @@
 
 #define PORT_NAME "hull.agent"
 #define GUEST_ROOT "/mnt/root"
+#define ROOT_DEVICE "/dev/vda"
+#ifndef BLKFLSBUF
+#define BLKFLSBUF _IO(0x12, 97)
+#endif
 #define MAX_LINE (1 << 20)
 #define MAX_ITEMS 4096
 
@@ -341,6 +353,64 @@ static int parse_request(char *line, struct request *rq) {
     return ps.error || !rq->cwd ? -1 : 0;
 }
 
+/* ---------- the root filesystem, mounted at the first request ---------- */
+
+static int root_mounted = 0;
+
+struct guest_mount {
+    const char *source, *target, *fstype;
+    unsigned long flags;
+    const char *data;
+};
+
+/* Mounts the image's disk read-only under a tmpfs overlay, plus the usual API
+ * filesystems inside it. Returns NULL, or the step that failed (errno is set). */
+static const char *mount_root(void) {
+    static const struct guest_mount steps[] = {
+        {"hull-rw", "/mnt/rw", "tmpfs", 0, "mode=0755"},
+        {"overlay", GUEST_ROOT, "overlay", 0,
+         "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"},
+        {"proc", GUEST_ROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL},
+        {"sysfs", GUEST_ROOT "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL},
+        {"devtmpfs", GUEST_ROOT "/dev", "devtmpfs", MS_NOSUID, NULL},
+        {"devpts", GUEST_ROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+         "newinstance,ptmxmode=0666"},
+        {"shm", GUEST_ROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, NULL},
+        {"tmp", GUEST_ROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"},
+        {"run", GUEST_ROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"},
+    };
+    mkdir("/mnt/lower", 0755);
+    mkdir("/mnt/rw", 0755);
+    mkdir(GUEST_ROOT, 0755);
+    int fd = -1;
+    for (int attempt = 0; attempt < 400 && fd < 0; attempt++) {
+        fd = open(ROOT_DEVICE, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) usleep(5000);
+    }
+    if (fd < 0) return "open the root disk " ROOT_DEVICE;
+    /* Forget what was read from the device before: in a restored VM that was the
+     * template's placeholder disk, not this image. */
+    ioctl(fd, BLKFLSBUF, 0);
+    close(fd);
+    if (mount(ROOT_DEVICE, "/mnt/lower", "erofs", MS_RDONLY, NULL) < 0)
+        return "mount the root disk";
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        const struct guest_mount *m = &steps[i];
+        if (i == 1) {
+            mkdir("/mnt/rw/upper", 0755);
+            mkdir("/mnt/rw/work", 0755);
+        }
+        if (i >= 2) mkdir(m->target, 0755); /* the image may lack it: goes to the upper layer */
+        if (mount(m->source, m->target, m->fstype, m->flags, m->data) < 0) {
+            static char what[128];
+            snprintf(what, sizeof what, "mount %s", m->target);
+            return what;
+        }
+    }
+    root_mounted = 1;
+    return NULL;
+}
+
 /* ---------- running the workload ---------- */
 
 static int exit_code_for_errno(int err) {
@@ -415,6 +485,15 @@ static void run(struct request *rq, int sig_fd) {
         struct timespec ts = {.tv_sec = rq->realtime_ns / 1000000000LL,
                               .tv_nsec = rq->realtime_ns % 1000000000LL};
         clock_settime(CLOCK_REALTIME, &ts);
+    }
+    if (!root_mounted) {
+        const char *failed = mount_root();
+        if (failed) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "cannot %s: %s", failed, strerror(errno));
+            send_control("error", 125, msg);
+            return;
+        }
     }
     if (rq->hostname) sethostname(rq->hostname, strlen(rq->hostname));
     int out[2], err[2], status_pipe[2];

@@ -1,9 +1,10 @@
 """The guest's initramfs: busybox, the guest kernel's modules, /init and the agent.
 
 /init is a short busybox script: it loads the modules in order (the cloud kernel has
-its virtio drivers as modules), mounts the image's read-only erofs root disk under a
-tmpfs-backed overlay at /mnt/root, and hands PID 1 to the agent, which runs each
-workload chrooted into that root. The archive is cached under the hash of everything
+its virtio drivers as modules) and hands PID 1 to the agent, which mounts the image's
+read-only erofs root disk (/dev/vda) under a tmpfs-backed overlay when the first
+request comes (so a warm-start template never touches its placeholder disk) and runs
+each workload chrooted into that root. The archive is cached under the hash of everything
 in it, so the same inputs always give the same file (and the same VM templates).
 """
 
@@ -18,10 +19,8 @@ from hull.vm.cpio import CpioWriter
 from hull.vm.kernel import GuestKernel
 
 BUSYBOX = Path("/bin/busybox")
-ROOT_DEVICE = "/dev/vda"
-
 INIT_SCRIPT = """#!/bin/busybox sh
-# Hull guest init: modules, root disk, then the agent as PID 1.
+# Hull guest init: API filesystems and modules, then the agent as PID 1.
 B=/bin/busybox
 $B mount -t devtmpfs -o nosuid devtmpfs /dev
 $B mount -t proc -o nosuid,nodev,noexec proc /proc
@@ -34,29 +33,8 @@ for m in $(cat /modules.order); do
     $B insmod /lib/modules/$m.ko || fail "cannot load module $m"
 done
 [ -e /dev/hvc0 ] && exec </dev/null >/dev/hvc0 2>&1
-$B mkdir -p /mnt/lower /mnt/rw /mnt/root
-i=0
-while [ ! -b {root} ]; do
-    i=$((i + 1)); [ $i -gt 400 ] && fail "no root disk {root}"
-    $B usleep 5000
-done
-$B mount -t erofs -o ro {root} /mnt/lower || fail "cannot mount the root disk"
-$B mount -t tmpfs -o mode=0755 hull-rw /mnt/rw || fail "cannot mount the writable layer"
-$B mkdir -p /mnt/rw/upper /mnt/rw/work
-$B mount -t overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work \\
-    overlay /mnt/root || fail "cannot mount the root overlay"
-R=/mnt/root
-$B mkdir -p $R/proc $R/sys $R/dev $R/tmp $R/run
-$B mount -t proc -o nosuid,nodev,noexec proc $R/proc
-$B mount -t sysfs -o nosuid,nodev,noexec,ro sysfs $R/sys
-$B mount -t devtmpfs -o nosuid devtmpfs $R/dev
-$B mkdir -p $R/dev/pts $R/dev/shm
-$B mount -t devpts -o nosuid,noexec,newinstance,ptmxmode=0666 devpts $R/dev/pts
-$B mount -t tmpfs -o nosuid,nodev shm $R/dev/shm
-$B mount -t tmpfs -o nosuid,nodev,mode=1777 tmp $R/tmp
-$B mount -t tmpfs -o nosuid,nodev,mode=0755 run $R/run
 exec /hull-agent
-""".replace("{root}", ROOT_DEVICE)
+"""
 
 
 def initramfs_for(vm_root: Path, kernel: GuestKernel, agent: Path) -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hull.errors import HullError
+from hull.vm.qmp import QmpChannel
 
 QEMU_BINARY = "qemu-system-x86_64"
 AGENT_PORT_NAME = "hull.agent"  # guest/hull-agent.c looks for this port name
@@ -35,6 +36,19 @@ class Disk:
 
     path: Path
     readonly: bool = True
+
+
+@dataclass(frozen=True)
+class RamFile:
+    """Guest RAM in a file: shared while a warm-start template is made, private after.
+
+    shared=True writes the guest's memory through to the file (the template);
+    shared=False maps the file copy-on-write, so every restored VM starts from the
+    template's pages and shares the ones it never writes.
+    """
+
+    path: Path
+    shared: bool
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,8 @@ class VmConfig:
     kernel_args: tuple[str, ...] = ()
     tb_size_mib: int = 32  # TCG translation cache: 32 beats 16, 8 hurts (issue notes)
     qemu_log: Path | None = None  # QEMU's own stderr (a file: a pipe could fill and stall it)
+    ram_file: RamFile | None = None  # None: anonymous memory (a cold boot)
+    incoming: bool = False  # wait for a migration (warm restore) instead of booting
 
 
 def kernel_cmdline(config: VmConfig) -> str:
@@ -80,10 +96,21 @@ def qemu_command(config: VmConfig, binary: str = QEMU_BINARY) -> list[str]:
         accel, cpu = ["-accel", f"tcg,tb-size={config.tb_size_mib}"], "max"
     else:
         raise HullError(f"unknown accelerator {config.accel!r} (kvm or tcg)")
+    # pit/pic: without them the kernel hangs calibrating its timer under TCG.
+    machine = "microvm,pit=on,pic=on,rtc=on"
+    memory: list[str] = []
+    if config.ram_file is not None:
+        share = "on" if config.ram_file.shared else "off"
+        memory = [
+            "-object",
+            f"memory-backend-file,id=ram0,size={config.memory_mib}M,"
+            f"mem-path={config.ram_file.path},share={share}",
+        ]
+        machine += ",memory-backend=ram0"
     argv = [
         binary,
-        # pit/pic: without them the kernel hangs calibrating its timer under TCG.
-        "-M", "microvm,pit=on,pic=on,rtc=on",
+        "-M", machine,
+        *memory,
         *accel,
         "-cpu", cpu,
         "-m", str(config.memory_mib),
@@ -105,6 +132,8 @@ def qemu_command(config: VmConfig, binary: str = QEMU_BINARY) -> list[str]:
         if disk.readonly:
             drive += ",readonly=on"
         argv += ["-drive", drive, "-device", f"virtio-blk-device,drive=disk{index}"]
+    if config.incoming:
+        argv += ["-incoming", "defer"]
     return argv
 
 
@@ -162,6 +191,7 @@ class QemuVm:
     _agent_listener: socket.socket | None
     _qmp_listener: socket.socket | None
     _qmp: Any = field(default=None)
+    _channel: QmpChannel | None = field(default=None)
 
     @classmethod
     def launch(cls, config: VmConfig, die_with_parent: bool = True) -> QemuVm:
@@ -220,6 +250,25 @@ class QemuVm:
             if time.monotonic() > deadline:
                 raise HullError(f"QEMU did not connect its {what} socket in {timeout:.0f} s")
 
+    def qmp_channel(self, timeout: float = 10.0) -> QmpChannel:
+        """Hull's small QMP client (the warm-start path), connected on first use.
+
+        A VM uses either this or qmp(), never both: each takes the one connection.
+        """
+        if self._channel is None:
+            listener = self._qmp_listener
+            if listener is None:
+                raise HullError("QMP is not available for this VM")
+            conn = self._accept(listener, timeout, "QMP")
+            listener.close()
+            self._qmp_listener = None
+            try:
+                self._channel = QmpChannel(conn, timeout)
+            except BaseException:
+                conn.close()
+                raise
+        return self._channel
+
     def qmp(self, timeout: float = 10.0) -> Any:
         """A qemu.qmp legacy (synchronous) client, connected on first use."""
         if self._qmp is None:
@@ -238,13 +287,18 @@ class QemuVm:
 
     def status(self) -> str:
         """QEMU's run state ("running", "paused", "internal-error", "shutdown", ...)."""
+        if self._channel is not None:
+            return str(self._channel.execute("query-status")["status"])
         return str(self.qmp().cmd("query-status")["status"])
 
     def quit(self, timeout: float = 5.0) -> None:
         """Ask QEMU to quit over QMP; kill it if it does not."""
         if self.process.poll() is None:
             try:
-                self.qmp().cmd("quit")
+                if self._channel is not None:
+                    self._channel.execute("quit")
+                else:
+                    self.qmp().cmd("quit")
             except Exception:  # noqa: BLE001 - any QMP failure ends in the kill below
                 pass
         self.wait_or_kill(timeout)
@@ -283,7 +337,17 @@ class QemuVm:
             except Exception:  # noqa: BLE001 - QEMU is gone; closing is best effort
                 pass
             self._qmp = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         for listener in (self._agent_listener, self._qmp_listener):
             if listener is not None:
                 listener.close()
         self._agent_listener = self._qmp_listener = None
+
+
+def qemu_identity() -> str:
+    """Which QEMU build this is (path, size, mtime): a saved VM only restores into the same."""
+    binary = qemu_binary()
+    st = os.stat(binary)
+    return f"{binary}:{st.st_size}:{st.st_mtime_ns}"

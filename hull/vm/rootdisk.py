@@ -62,3 +62,25 @@ def cached_root_disk(vm_root: Path, rootfs: Path, chain_id: str) -> Path:
     if target.exists():
         return target
     return make_erofs(rootfs, target)
+
+
+def pad_disk(disk: Path, size: int) -> bool:
+    """Grow disk (sparsely) to size bytes; False if it is already bigger.
+
+    A restored VM keeps the disk size its template saw, so every root disk that goes
+    behind the template's placeholder is padded to the same size. erofs never reads
+    past its own end, and the holes cost no space.
+    """
+    current = disk.stat().st_size
+    if current > size:
+        return False
+    if current < size:
+        os.truncate(disk, size)
+    return True
+
+
+def make_placeholder(target: Path, size: int) -> Path:
+    """An all-zero sparse disk of size bytes (what a template boots with)."""
+    with open(target, "wb") as out:
+        out.truncate(size)
+    return target

@@ -1,230 +1,82 @@
-"""Run a process in a fresh microVM: root disk, boot, agent request, output, exit code.
+"""Run one process in a fresh microVM: warm restore by default, cold boot as the fallback.
 
-MicroVm is one booted guest with its agent channel (the states are explicit:
-booted, then idle between runs, then closed); run_in_vm is the one-shot path that
-the engine's `--isolation=vm` builds on. Whatever happens (errors, Ctrl-C), QEMU is
-killed and the VM's run directory, with its sockets, logs and per-run disk, removed.
+run_in_vm is the one-shot path that the engine's `--isolation=vm` builds on. It
+restores the VM from a warm-start template of its shape (hull.vm.template; built on
+first use, about 2.5 s once) and falls back to a cold boot when no template can be
+made or restored, or when warm=False or HULL_VM_WARM=0 ask for it. Whatever happens
+(errors, Ctrl-C), QEMU is killed and the VM's run directory removed.
+
+MicroVm, guest_assets and pick_accel live in hull.vm.microvm and are re-exported here.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
+import os
 import sys
-import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from hull.errors import CommandNotFoundError, CommandNotInvokableError, HullError
+from hull.errors import HullError
 from hull.paths import HullPaths
-from hull.vm.accel import choose_accel
-from hull.vm.agent import agent_binary
-from hull.vm.initramfs import initramfs_for
-from hull.vm.kernel import GuestKernel, ensure_kernel
-from hull.vm.protocol import (
-    CONTROL,
-    STDERR,
-    STDOUT,
-    AgentGone,
-    FrameReader,
-    RunRequest,
-    encode_message,
-    parse_control,
+from hull.vm.microvm import (
+    ByteSink,
+    GuestAssets,
+    MicroVm,
+    VmShape,
+    guest_assets,
+    pick_accel,
+    stderr_notice,
 )
-from hull.vm.qemu import Disk, QemuVm, VmConfig, host_tsc_khz
-from hull.vm.rootdisk import cached_root_disk, make_erofs
+from hull.vm.protocol import RunRequest
 
-BOOT_TIMEOUT = {"kvm": 15.0, "tcg": 60.0}
-PROBE_TIMEOUT = 10.0
-POWEROFF_GRACE = 2.0
+__all__ = [
+    "ByteSink",
+    "GuestAssets",
+    "MicroVm",
+    "guest_assets",
+    "pick_accel",
+    "run_in_vm",
+    "start_vm",
+    "stderr_notice",
+    "warm_start_enabled",
+]
 
-
-class ByteSink(Protocol):
-    def write(self, data: bytes, /) -> object: ...
-
-
-@dataclass(frozen=True)
-class GuestAssets:
-    """What every VM boots from: kernel and initramfs (with the agent inside)."""
-
-    kernel: GuestKernel
-    initrd: Path
+WARM_ENV = "HULL_VM_WARM"
 
 
-def guest_assets(paths: HullPaths) -> GuestAssets:
-    """The cached kernel and initramfs, fetched or built on first use."""
-    kernel = ensure_kernel(paths.vm)
-    agent = agent_binary(paths.vm)
-    return GuestAssets(kernel, initramfs_for(paths.vm, kernel, agent))
+def warm_start_enabled() -> bool:
+    """Warm start is on unless HULL_VM_WARM=0 (or no/off/false) turns it off."""
+    return os.environ.get(WARM_ENV, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
-_notified: set[str] = set()
+def start_vm(
+    paths: HullPaths,
+    assets: GuestAssets,
+    shape: VmShape,
+    rootfs: Path,
+    *,
+    chain_id: str | None = None,
+    warm: bool = True,
+    notice: Callable[[str], None] = stderr_notice,
+) -> MicroVm:
+    """A running VM on rootfs: restored from its shape's template, else booted cold."""
+    if warm:
+        from hull.vm.template import ensure_template, restore_vm
 
-
-def stderr_notice(message: str) -> None:
-    """Say a degraded mode once per process, on stderr."""
-    if message in _notified:
-        return
-    _notified.add(message)
-    try:
-        sys.stderr.write(f"hull: notice: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-def pick_accel(
-    paths: HullPaths, assets: GuestAssets, notice: Callable[[str], None] = stderr_notice
-) -> str:
-    """KVM if a probe guest boots under it on this host (cached), else TCG."""
-    return choose_accel(paths.vm, assets.kernel.version, lambda: _probe_kvm(paths, assets), notice)
-
-
-def _probe_kvm(paths: HullPaths, assets: GuestAssets) -> bool:
-    empty = Path(tempfile.mkdtemp(prefix="hull-vm-probe-"))
-    try:
-        with MicroVm.boot(paths, assets, empty, accel="kvm", boot_timeout=PROBE_TIMEOUT):
-            return True
-    except HullError:
-        return False
-    finally:
-        shutil.rmtree(empty, ignore_errors=True)
-
-
-class MicroVm:
-    """A booted microVM whose agent is ready for requests."""
-
-    def __init__(self, qemu: QemuVm, run_dir: Path) -> None:
-        self.qemu = qemu
-        self.run_dir = run_dir
-        self._channel: socket.socket | None = None
-        self._reader: FrameReader | None = None
-        self.boot_seconds = 0.0
-
-    @classmethod
-    def boot(
-        cls,
-        paths: HullPaths,
-        assets: GuestAssets,
-        rootfs: Path,
-        *,
-        accel: str,
-        memory_mib: int = 128,
-        cpus: int = 1,
-        chain_id: str | None = None,
-        boot_timeout: float | None = None,
-    ) -> MicroVm:
-        """Make the root disk, start QEMU and wait for the agent's "ready"."""
-        started = time.monotonic()
-        base = paths.runroot / "vm"
-        base.mkdir(parents=True, exist_ok=True)
-        run_dir = Path(tempfile.mkdtemp(prefix="", dir=base))
-        qemu: QemuVm | None = None
         try:
-            if chain_id is not None:
-                disk = cached_root_disk(paths.vm, rootfs, chain_id)
-            else:
-                disk = make_erofs(rootfs, run_dir / "root.erofs")
-            config = VmConfig(
-                kernel=assets.kernel.vmlinux,
-                initrd=assets.initrd,
-                memory_mib=memory_mib,
-                cpus=cpus,
-                accel=accel,
-                agent_socket=run_dir / "a.sock",
-                qmp_socket=run_dir / "q.sock",
-                console_log=run_dir / "console.log",
-                qemu_log=run_dir / "qemu.log",
-                disks=(Disk(disk, readonly=True),),
-                tsc_khz=host_tsc_khz() if accel == "tcg" else None,
-            )
-            qemu = QemuVm.launch(config)
-            vm = cls(qemu, run_dir)
-            vm._wait_ready(boot_timeout or BOOT_TIMEOUT.get(accel, 60.0))
-            vm.boot_seconds = time.monotonic() - started
-            return vm
-        except BaseException:
-            if qemu is not None:
-                qemu.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-
-    def _wait_ready(self, timeout: float) -> None:
-        channel = self.qemu.accept_agent(timeout)
-        self._channel = channel
-        self._reader = FrameReader(channel)
-        channel.settimeout(timeout)
-        try:
-            stream, payload = self._reader.read_frame()
-        except (AgentGone, TimeoutError) as exc:
-            raise HullError(self._boot_failure(exc)) from exc
-        channel.settimeout(None)
-        if stream != CONTROL or parse_control(payload).get("type") != "ready":
-            raise HullError("the guest agent did not say it was ready")
-
-    def _boot_failure(self, exc: BaseException) -> str:
-        why = "timed out" if isinstance(exc, TimeoutError) else "the guest stopped"
-        details = self.qemu.console_tail() or self.qemu.stderr()
-        return f"the microVM did not boot ({why})" + (f":\n{details}" if details else "")
-
-    def run(self, request: RunRequest, stdout: ByteSink, stderr: ByteSink) -> int:
-        """Run one process to its end, streaming its output; its exit code (128+N if killed)."""
-        if self._channel is None or self._reader is None:
-            raise HullError("the microVM is not running")
-        self._channel.sendall(request.encode())
-        while True:
-            try:
-                stream, payload = self._reader.read_frame()
-            except AgentGone as exc:
-                raise HullError(self._boot_failure(exc).replace("did not boot", "stopped")) from exc
-            if stream == STDOUT:
-                stdout.write(payload)
-            elif stream == STDERR:
-                stderr.write(payload)
-            else:
-                return _exit_code(parse_control(payload))
-
-    def poweroff(self, grace: float = POWEROFF_GRACE) -> None:
-        """Ask the agent to power the guest off; kill QEMU if it takes too long."""
-        if self._channel is not None and self.qemu.process.poll() is None:
-            try:
-                self._channel.sendall(encode_message({"type": "poweroff"}))
-            except OSError:
-                pass
-        self.qemu.wait_or_kill(grace)
-
-    def close(self) -> None:
-        """Kill QEMU if it still runs and remove everything the VM had on disk."""
-        try:
-            if self._channel is not None:
-                self._channel.close()
-                self._channel = None
-            self.qemu.close()
-        finally:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-
-    def __enter__(self) -> MicroVm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _exit_code(message: dict[str, object]) -> int:
-    code = message.get("code")
-    if not isinstance(code, int):
-        raise HullError(f"the guest agent sent no exit code: {message}")
-    if message["type"] == "exit":
-        return code
-    text = str(message.get("message", "the process could not start"))
-    if code == 127:
-        raise CommandNotFoundError(text)
-    if code == 126:
-        raise CommandNotInvokableError(text)
-    raise HullError(text)
+            template = ensure_template(paths, assets, shape, notice)
+            return restore_vm(paths, assets, shape, template, rootfs, chain_id)
+        except HullError as exc:
+            notice(f"microVM warm start failed, booting cold instead: {exc.message}")
+    return MicroVm.boot(
+        paths,
+        assets,
+        rootfs,
+        accel=shape.accel,
+        memory_mib=shape.memory_mib,
+        cpus=shape.cpus,
+        chain_id=chain_id,
+    )
 
 
 def run_in_vm(
@@ -244,39 +96,30 @@ def run_in_vm(
     chain_id: str | None = None,
     paths: HullPaths | None = None,
     accel: str | None = None,
+    warm: bool | None = None,
     notice: Callable[[str], None] = stderr_notice,
 ) -> int:
-    """Boot a microVM on rootfs_dir, run args in it, and return the exit code.
+    """Start a microVM on rootfs_dir, run args in it, and return the exit code.
 
     stdout and stderr receive the process's output as it comes (default: this
     process's own). chain_id, when given, keeps the root disk cached for the next VM
-    of the same image. accel forces "kvm" or "tcg" (default: probe, cached).
+    of the same image. accel forces "kvm" or "tcg" (default: probe, cached). warm
+    (default: on unless HULL_VM_WARM=0) restores the VM from a template instead of
+    booting it; a cold boot is the fallback either way.
     """
     paths = paths or HullPaths.from_env()
     out = stdout if stdout is not None else sys.stdout.buffer
     err = stderr if stderr is not None else sys.stderr.buffer
     request = RunRequest(
-        args=args,
-        env=env,
-        cwd=cwd,
-        uid=uid,
-        gid=gid,
-        gids=gids or [],
-        hostname=hostname,
-        realtime_ns=time.time_ns(),
+        args=args, env=env, cwd=cwd, uid=uid, gid=gid, gids=gids or [], hostname=hostname
     )
-    request.encode()  # reject a bad request before booting anything
+    request.encode()  # reject a bad request before starting anything
     assets = guest_assets(paths)
-    chosen = accel or pick_accel(paths, assets, notice)
-    with MicroVm.boot(
-        paths,
-        assets,
-        rootfs_dir,
-        accel=chosen,
-        memory_mib=memory_mib,
-        cpus=cpus,
-        chain_id=chain_id,
+    shape = VmShape(accel or pick_accel(paths, assets, notice), memory_mib, cpus)
+    use_warm = warm_start_enabled() if warm is None else warm
+    with start_vm(
+        paths, assets, shape, rootfs_dir, chain_id=chain_id, warm=use_warm, notice=notice
     ) as vm:
-        code = vm.run(request, out, err)
-        vm.poweroff()
-        return code
+        # The root disk is read-only and the writable layer a tmpfs: nothing in the
+        # guest needs flushing, so QEMU is simply killed (close) after the run.
+        return vm.run(request, out, err)

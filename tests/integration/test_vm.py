@@ -1,15 +1,18 @@
 """microVMs for real: QEMU boots Debian's cloud kernel with Hull's agent (TCG here).
 
-Boots are few (about 2 s each under TCG): one run_in_vm shared by the output tests,
-one VM serving several requests, one interrupted run.
+Cold boots are few (about 2 s each under TCG): one VM serving several requests, one
+fallback run. run_in_vm restores from a warm-start template by default, so most tests
+run warm; each template (one per VM shape) is built once per session, about 3 s.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +64,33 @@ def qemu_pids_under(directory: Path) -> list[int]:
 def assert_nothing_left(paths: HullPaths) -> None:
     assert qemu_pids_under(paths.runroot) == []
     assert list((paths.runroot / "vm").iterdir()) == []
+    templates = paths.vm / "templates"
+    if templates.exists():  # only finished templates and their lock files
+        for entry in templates.iterdir():
+            assert entry.suffix == ".lock" or (entry / "complete").exists(), entry
+            if entry.is_dir():
+                assert sorted(p.name for p in entry.iterdir()) == [
+                    "complete",
+                    "meta.json",
+                    "ram",
+                    "state",
+                ]
+
+
+class Notices(list[str]):
+    def __call__(self, message: str) -> None:
+        self.append(message)
+
+    @property
+    def fell_back(self) -> bool:
+        return any("warm start failed" in m for m in self)
+
+
+def image_with(base: Path, where: Path, marker: str) -> Path:
+    """A copy of the busybox rootfs with /marker saying which image it is."""
+    shutil.copytree(base, where, symlinks=True)
+    (where / "marker").write_text(marker + "\n")
+    return where
 
 
 @dataclass
@@ -69,6 +99,7 @@ class Outcome:
     stdout: str
     stderr: str
     paths: HullPaths
+    notices: Notices
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +111,7 @@ def one_run(
 
     runroot = tmp_path_factory.mktemp("run")
     paths = HullPaths(vm_root, runroot)
+    notices = Notices()
     out, err = io.BytesIO(), io.BytesIO()
     script = (
         'uname -r; echo to-stderr >&2; echo "greeting=$GREETING"; echo "cwd=$(pwd)"; '
@@ -94,8 +126,16 @@ def one_run(
         stdout=out,
         stderr=err,
         paths=paths,
+        notice=notices,
     )
-    return Outcome(code, out.getvalue().decode(), err.getvalue().decode(), paths)
+    return Outcome(code, out.getvalue().decode(), err.getvalue().decode(), paths, notices)
+
+
+def test_run_in_vm_restores_from_a_template_by_default(one_run: Outcome) -> None:
+    assert not one_run.notices.fell_back, one_run.notices
+    from hull.vm.template import templates_dir
+
+    assert any((d / "complete").exists() for d in templates_dir(one_run.paths.vm).iterdir())
 
 
 def test_guest_runs_its_own_kernel(one_run: Outcome, vm_root: Path) -> None:
@@ -109,6 +149,7 @@ def test_guest_runs_its_own_kernel(one_run: Outcome, vm_root: Path) -> None:
 
 def test_exit_code_passes_through(one_run: Outcome) -> None:
     assert one_run.code == 3
+    assert not one_run.notices.fell_back
 
 
 def test_stdout_and_stderr_are_kept_apart(one_run: Outcome) -> None:
@@ -168,4 +209,110 @@ def test_interrupted_run_kills_qemu_and_removes_files(
             stdout=Interrupting(),
             paths=vm_paths,
         )
+    assert_nothing_left(vm_paths)
+
+
+def test_warm_guest_clock_is_current(vm_paths: HullPaths, busybox_template: Path) -> None:
+    from hull.vm.sandbox import run_in_vm
+
+    notices = Notices()
+    out = io.BytesIO()
+    code = run_in_vm(
+        busybox_template,
+        ["date", "+%s"],
+        [],
+        memory_mib=MEMORY_MIB,
+        stdout=out,
+        paths=vm_paths,
+        notice=notices,
+    )
+    assert code == 0 and not notices.fell_back, notices
+    assert abs(int(out.getvalue()) - time.time()) < 5
+    assert_nothing_left(vm_paths)
+
+
+def test_one_template_serves_different_images(
+    vm_paths: HullPaths, busybox_template: Path, tmp_path: Path
+) -> None:
+    from hull.vm.sandbox import run_in_vm
+    from hull.vm.template import templates_dir
+
+    notices = Notices()
+    seen = []
+    for name in ("first", "second"):
+        image = image_with(busybox_template, tmp_path / name, f"image-{name}")
+        out = io.BytesIO()
+        code = run_in_vm(
+            image,
+            ["cat", "/marker"],
+            [],
+            memory_mib=MEMORY_MIB,
+            stdout=out,
+            paths=vm_paths,
+            notice=notices,
+            # a chain ID caches the disk, as the engine does
+            chain_id="sha256:" + hashlib.sha256(f"{tmp_path}{name}".encode()).hexdigest(),
+        )
+        assert code == 0
+        seen.append(out.getvalue().decode().strip())
+    assert seen == ["image-first", "image-second"]
+    assert not notices.fell_back, notices
+    complete = [d for d in templates_dir(vm_paths.vm).iterdir() if (d / "complete").exists()]
+    assert complete, "no template was built"
+    assert_nothing_left(vm_paths)
+
+
+def test_a_new_vm_shape_builds_a_new_template(vm_paths: HullPaths, busybox_template: Path) -> None:
+    from hull.vm.microvm import VmShape, guest_assets, pick_accel
+    from hull.vm.sandbox import run_in_vm
+    from hull.vm.template import find_template, template_key
+
+    assets = guest_assets(vm_paths)
+    accel = pick_accel(vm_paths, assets)
+    odd = VmShape(accel, memory_mib=136)
+    assert template_key(assets, odd) != template_key(assets, VmShape(accel, MEMORY_MIB))
+    assert find_template(vm_paths, assets, odd) is None
+    notices = Notices()
+    out = io.BytesIO()
+    code = run_in_vm(
+        busybox_template,
+        ["sh", "-c", "head -n1 /proc/meminfo"],
+        [],
+        memory_mib=136,
+        stdout=out,
+        paths=vm_paths,
+        notice=notices,
+    )
+    assert code == 0 and not notices.fell_back, notices
+    assert any("building a warm-start template" in m for m in notices)
+    template = find_template(vm_paths, assets, odd)
+    assert template is not None
+    mem_kib = int(out.getvalue().split()[1])
+    assert 136 * 1024 * 0.6 < mem_kib <= 136 * 1024
+    assert_nothing_left(vm_paths)
+
+
+def test_failed_warm_start_falls_back_to_a_cold_boot(
+    vm_paths: HullPaths, busybox_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hull.vm.template
+    from hull.vm.sandbox import run_in_vm
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise HullError("no template today")
+
+    monkeypatch.setattr(hull.vm.template, "ensure_template", broken)
+    notices = Notices()
+    out, err = io.BytesIO(), io.BytesIO()
+    code = run_in_vm(
+        busybox_template,
+        ["sh", "-c", "echo cold; exit 7"],
+        [],
+        stdout=out,
+        stderr=err,
+        paths=vm_paths,
+        notice=notices,
+    )
+    assert (code, out.getvalue(), err.getvalue()) == (7, b"cold\n", b"")
+    assert notices.fell_back and "no template today" in " ".join(notices)
     assert_nothing_left(vm_paths)
