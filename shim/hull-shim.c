@@ -845,7 +845,7 @@ static void write_exit_code(int code)
     char buf[24];
     size_t n = strlen(num(code, buf));
     buf[n++] = '\n';
-    write_file_atomic(opt.exit_file, buf, n, 1);
+    write_file_atomic(opt.exit_file, buf, n, 0); /* runroot is volatile: rename suffices */
 }
 
 /* Cut trailing newlines and spaces (in place); returns the new length. */
@@ -912,7 +912,7 @@ static void fail(const char *first, ...)
         line[6 + i] = msg[i] == '\n' ? ' ' : msg[i];
     line[6 + len] = '\n';
     if (opt.exit_file)
-        write_file_atomic(opt.exit_file, line, len + 7, 1);
+        write_file_atomic(opt.exit_file, line, len + 7, 0);
     shim_log(msg, END);
     report_to_sync("error", msg, len, 0);
     exit(1);
