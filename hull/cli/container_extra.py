@@ -163,15 +163,14 @@ def port_args(p: argparse.ArgumentParser) -> None:
 
 
 def port(args: argparse.Namespace) -> int:
-    """No published ports until container networking lands: nothing to list."""
+    """Docker's lines: `80/tcp -> 0.0.0.0:8080`, or the addresses of one private port."""
+    from hull.engine import operations
+
     with _service(args, sweep=False) as service:
         record = service.get(args.container)
-    published: dict[str, list[str]] = {}
+        published = operations.port_mappings(service, record.id)
     if args.private_port:
-        number, _, proto = args.private_port.partition("/")
-        if not number.isdigit():
-            raise ConfigError(f"invalid port {args.private_port!r}")
-        key = f"{number}/{proto or 'tcp'}"
+        key = operations.normalize_port_key(args.private_port)
         if key not in published:
             sys.stderr.write(f"hull: no public port '{key}' published for {record.name}\n")
             return 1  # Docker's exit code for this one, not the engine's 125

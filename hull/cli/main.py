@@ -44,6 +44,7 @@ _CONTAINERS = "hull.cli.containers"
 _VOLUMES = "hull.cli.volumes"
 _EXTRA = "hull.cli.container_extra"
 _SYSTEM = "hull.cli.system"
+_NETWORK = "hull.cli.network"
 
 VERBS: dict[str, Verb] = {
     "pull": Verb(f"{_IMAGES}:pull", "Download an image from a registry"),
@@ -148,7 +149,20 @@ GROUPS: dict[str, Group] = {
             "prune": Verb(f"{_VOLUMES}:prune", "Remove unused volumes"),
         },
     ),
-    "network": Group("Manage networks"),
+    "network": Group(
+        "Manage networks",
+        {
+            "create": Verb(f"{_NETWORK}:create", "Create a network"),
+            "ls": Verb(f"{_NETWORK}:ls", "List networks"),
+            "list": Verb(f"{_NETWORK}:ls", "List networks"),
+            "inspect": Verb(f"{_NETWORK}:inspect", "Display detailed information on networks"),
+            "rm": Verb(f"{_NETWORK}:rm", "Remove one or more networks"),
+            "remove": Verb(f"{_NETWORK}:rm", "Remove one or more networks"),
+            "connect": Verb(f"{_NETWORK}:connect", "Connect a container to a network"),
+            "disconnect": Verb(f"{_NETWORK}:disconnect", "Disconnect a container from a network"),
+            "prune": Verb(f"{_NETWORK}:prune", "Remove all unused networks"),
+        },
+    ),
     "system": Group(
         "Manage Hull",
         {

@@ -52,7 +52,19 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--stop-signal", help="signal that stops the container (default SIGTERM)")
     add("--stop-timeout", help="seconds to wait before killing the container")
     add("--isolation", choices=("container", "vm"), default="container", help="isolation")
-    add("--network", "--net", dest="network", default="none", help="network (default none)")
+    add(
+        "--network",
+        "--net",
+        dest="network",
+        default=None,
+        help="none, host, bridge, a network's name, or container:ID",
+    )
+    add("--network-alias", "--net-alias", action="append", default=[], metavar="ALIAS")
+    add("--ip", help="IPv4 address on a user network (e.g. 10.89.0.10)")
+    add("-p", "--publish", action="append", default=[], metavar="[IP:][HOST:]PORT[/PROTO]")
+    add("-P", "--publish-all", action="store_true", help="publish the image's exposed ports")
+    add("--dns", action="append", default=[], metavar="IP", help="a DNS server to use")
+    add("--add-host", action="append", default=[], metavar="HOST:IP", help="an /etc/hosts entry")
     add("--platform", help="platform of the image to use (os/arch[/variant])")
     add("--pull", choices=("missing", "always", "never"), default="missing", help="pull policy")
     add("--log-opt", action="append", default=[], metavar="KEY=VALUE", help="log option")
@@ -119,7 +131,13 @@ def run_config_from_args(ns: argparse.Namespace) -> RunConfig:
         if ns.stop_timeout is not None
         else None,
         isolation=ns.isolation,
-        network=ns.network,
+        network=ns.network if ns.network is not None else rc.DEFAULT_NETWORK,
+        ports=list(ns.publish),
+        publish_all=ns.publish_all,
+        network_aliases=list(ns.network_alias),
+        ip=ns.ip,
+        dns=list(ns.dns),
+        add_hosts=list(ns.add_host),
         platform=ns.platform,
         pull=ns.pull,
         log_opts=rc.parse_log_opts(ns.log_opt),

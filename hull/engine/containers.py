@@ -29,6 +29,7 @@ from hull.paths import HullPaths
 
 if TYPE_CHECKING:
     from hull.engine.images import ImageRecord, ImageService
+    from hull.engine.netsetup import NetworkPlan
     from hull.engine.runconfig import MountSpec
     from hull.engine.shim import ShimHandle
 
@@ -201,8 +202,12 @@ class ContainerService:
         return records if all else [r for r in records if r.state in (RUNNING, PAUSED)]
 
     def inspect(self, ref: str) -> dict[str, Any]:
+        from hull.engine.netsetup import network_settings
+
         record = self.get(ref)
-        return inspect_document(record, self.layout(record))
+        doc = inspect_document(record, self.layout(record))
+        doc["NetworkSettings"] = network_settings(self.db, self.paths, record.id, record.run)
+        return doc
 
     def layout(self, record_or_id: ContainerRecord | str) -> ContainerLayout:
         cid = record_or_id if isinstance(record_or_id, str) else record_or_id.id
@@ -219,11 +224,7 @@ class ContainerService:
             )
         if run.isolation == "vm" and run.mounts:
             raise HullError("--isolation=vm does not support volumes or mounts yet")
-        if run.network not in ("none", "host"):
-            raise HullError(
-                f"--network {run.network} is not available yet: use --network none or host "
-                "(bridge networking arrives with the networking issue)"
-            )
+        self._check_network_exists(run)
         image = self._image_for(run)
         cid = secrets.token_hex(32)
         name = run.name or self._random_name()
@@ -286,18 +287,34 @@ class ContainerService:
                 return name
         return f"hull_{secrets.token_hex(4)}"
 
+    def _check_network_exists(self, run: RunConfig) -> None:
+        """Docker refuses at create a network or container to join that does not exist;
+        SQL only ("bridge" is made on first use)."""
+        if run.network.startswith("container:"):
+            self.get(run.network.partition(":")[2])
+            return
+        if run.network in ("none", "host", "bridge"):
+            return
+        if not self.db.execute(
+            "SELECT 1 FROM net_networks WHERE name = ? OR id = ?", (run.network, run.network)
+        ).fetchone():
+            raise NotFoundError(f"network {run.network} not found")
+
     def _write_etc_files(self, layout: ContainerLayout, run: RunConfig, cid: str) -> None:
+        """hostname, hosts and resolv.conf as for --network none or host; a start on a
+        bridge rewrites hosts and resolv.conf with the container's address."""
+        from hull.engine.netsetup import hosts_text, read_host_resolv_conf, resolv_conf
+
         hostname = run.hostname or cid[:12]
+        if run.network == "host" and not run.hostname:
+            hostname = os.uname().nodename
         (layout.dir / "hostname").write_text(hostname + "\n")
         (layout.dir / "hosts").write_text(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"127.0.1.1\t{hostname}\n"
+            hosts_text(hostname, run.add_hosts, [], [], host_network=run.network == "host")
         )
-        try:
-            resolv = Path("/etc/resolv.conf").read_text()
-        except OSError:
-            resolv = ""
-        (layout.dir / "resolv.conf").write_text(resolv)
+        (layout.dir / "resolv.conf").write_text(
+            resolv_conf(read_host_resolv_conf(), run.dns, own_namespace=False)
+        )
 
     def volume_path(self, mount: MountSpec) -> str:
         """Host dir of a named (or anonymous) volume; created on first use, as Docker does."""
@@ -321,10 +338,14 @@ class ContainerService:
         layout = self.layout(record)
         mounted = False
         shim = None
+        networked = False
         try:
             with ContainerLock(layout):
                 mounted = self.mount_rootfs(record, layout)
-                self._write_config(record, layout)
+                warnings: list[str] = []
+                networked = True
+                plan = self._setup_network(record, layout, warnings)
+                self._write_config(record, layout, plan, warnings)
                 shim = self._spawn_shim(record, layout)
                 if before_start is not None:
                     before_start(record, layout.shim_dir)
@@ -340,7 +361,7 @@ class ContainerService:
                         (RUNNING, shim.container_pid, shim.shim_pid, time.time(), record.id),
                     )
         except BaseException as err:
-            self._undo_start(record, layout, mounted, shim)
+            self._undo_start(record, layout, mounted, shim, networked)
             message = err.message if isinstance(err, HullError) else str(err)
             self.db.execute("UPDATE containers SET error = ? WHERE id = ?", (message, record.id))
             raise
@@ -361,12 +382,53 @@ class ContainerService:
         mount_overlay(lowers, layout.upper, layout.work, layout.rootfs)
         return True
 
-    def _write_config(self, record: ContainerRecord, layout: ContainerLayout) -> None:
+    def _image_config(self, record: ContainerRecord) -> dict[str, Any]:
+        image = self.images.catalog.get(record.image_id)
+        return (image.config if image else {}).get("config") or {}
+
+    def _setup_network(
+        self, record: ContainerRecord, layout: ContainerLayout, warnings: list[str]
+    ) -> NetworkPlan:
+        """The namespace to join: the container's own on a bridge (set up now), another
+        container's, or none (a new empty one, or the host's with --network host)."""
+        from hull.engine import netsetup
+
+        run = record.run
+        if run.network.startswith("container:"):
+            target = self.get(run.network.partition(":")[2])
+            if target.state not in (RUNNING, PAUSED):
+                raise StateError(
+                    f"cannot join the network of container {target.name}: it is not running"
+                )
+            target_dir = self.layout(target).dir
+            for name in ("hostname", "hosts", "resolv.conf"):
+                shutil.copyfile(target_dir / name, layout.dir / name)
+            return netsetup.NetworkPlan(
+                netns=netsetup.joined_netns(self.paths, target.id, target.pid),
+                hostname=(target_dir / "hostname").read_text().strip() or None,
+            )
+        return netsetup.setup(
+            self.paths,
+            self.db,
+            record.id,
+            record.name,
+            run,
+            self._image_config(record) if run.publish_all else {},
+            layout.dir,
+            warnings,
+        )
+
+    def _write_config(
+        self,
+        record: ContainerRecord,
+        layout: ContainerLayout,
+        plan: NetworkPlan | None = None,
+        warnings: list[str] | None = None,
+    ) -> None:
         from hull.engine.spec import build_spec
 
-        image = self.images.catalog.get(record.image_id)
-        image_config = (image.config if image else {}).get("config") or {}
-        warnings: list[str] = []
+        image_config = self._image_config(record)
+        warnings = [] if warnings is None else warnings
         spec = build_spec(
             record.run,
             image_config,
@@ -376,6 +438,8 @@ class ContainerService:
             volume_source=self.volume_path,
             init_binary=_init_binary() if record.run.init else None,
             warnings=warnings,
+            netns_path=plan.netns if plan else None,
+            hostname=plan.hostname if plan else None,
         )
         for warning in warnings:
             print(f"hull: warning: {warning}", file=sys.stderr)
@@ -429,13 +493,22 @@ class ContainerService:
         layout: ContainerLayout,
         mounted: bool,
         shim: ShimHandle | None,
+        networked: bool = False,
     ) -> None:
         if shim is not None:
             self._runtime_delete(record.id, layout, force=True)
+        if networked:
+            self._teardown_network(record.id)
         if mounted:
             from hull.image.snapshots import unmount
 
             unmount(layout.rootfs)
+
+    def _teardown_network(self, cid: str) -> None:
+        """The container's veths, ports, leases and namespace (nothing to do: no cost)."""
+        from hull.engine.netsetup import teardown
+
+        teardown(self.paths, self.db, cid)
 
     def _runtime_delete(self, cid: str, layout: ContainerLayout, force: bool = True) -> None:
         from hull.runtime.container import delete
@@ -628,6 +701,10 @@ class ContainerService:
             oom = self._oom_killed(record, layout)
             self._runtime_delete(record.id, layout)
             _detach_rootfs(layout)
+            try:
+                self._teardown_network(record.id)
+            except HullError as err:  # the sweep retries; the exit must still be recorded
+                print(f"hull: warning: {err.message}", file=sys.stderr)
             with self.db.transaction() as conn:
                 conn.execute(
                     "UPDATE containers SET state = ?, exit_code = ?, finished_at = ?, error = ?,"
@@ -683,6 +760,44 @@ class ContainerService:
                     f"hull: warning: sweeping container {row['id'][:12]}: {err.message}",
                     file=sys.stderr,
                 )
+        try:
+            self._sweep_network()
+        except HullError as err:
+            print(f"hull: warning: sweeping networks: {err.message}", file=sys.stderr)
+
+    def _sweep_network(self) -> None:
+        """Network state of containers that are not running and that no `hull` process
+        is starting (their lock is free): a start or an exit killed half way, or a
+        removed container. SQL only unless there is something to undo."""
+        from hull.engine import netsetup
+
+        holders = netsetup.ids_with_network_state(self.db, self.paths)
+        if not holders:
+            return
+        states = {
+            r["id"]: r["state"]
+            for r in self.db.execute("SELECT id, state FROM containers").fetchall()
+        }
+        stale = [
+            cid
+            for cid in holders
+            if states.get(cid) not in (RUNNING, PAUSED) and _lock_is_free(self.layout(cid))
+        ]
+        if not stale:
+            return
+        for cid in stale:
+            if cid not in states:
+                self._teardown_network(cid)
+                continue
+            with ContainerLock(self.layout(cid)):
+                now = self.db.execute("SELECT state FROM containers WHERE id = ?", (cid,))
+                row = now.fetchone()
+                if row is not None and row["state"] not in (RUNNING, PAUSED):
+                    self._teardown_network(cid)
+        # Every container that exists counts as live here: one that is starting right
+        # now holds rows already, and only the lock-checked ones above were stale.
+        live = [r["id"] for r in self.db.execute("SELECT id FROM containers").fetchall()]
+        netsetup.network_service(self.paths, self.db).sweep(live)
 
     # ------------------------------------------------------------------ remove
 
@@ -708,6 +823,8 @@ class ContainerService:
         layout = self.layout(record)
         _kill_old_shim(layout)
         self._runtime_delete(record.id, layout)
+        with ContainerLock(layout):
+            self._teardown_network(record.id)
         from hull.image.snapshots import unmount
 
         unmount(layout.rootfs)
@@ -781,6 +898,10 @@ def inspect_document(record: ContainerRecord, layout: ContainerLayout) -> dict[s
             "Binds": binds or None,
             "LogConfig": {"Type": "json-file", "Config": dict(run.log_opts)},
             "NetworkMode": run.network,
+            "PortBindings": port_bindings(run.ports),
+            "PublishAllPorts": run.publish_all,
+            "Dns": list(run.dns),
+            "ExtraHosts": list(run.add_hosts) or None,
             "RestartPolicy": {
                 "Name": run.restart.name,
                 "MaximumRetryCount": run.restart.max_retries,
@@ -846,6 +967,40 @@ class ContainerLock:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def port_bindings(ports: list[str]) -> dict[str, list[dict[str, str]]]:
+    """HostConfig.PortBindings: what -p asked for (host port "" when left to Hull)."""
+    if not ports:
+        return {}
+    from hull.net.ports import ANY_IP, parse_port_specs
+
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for spec in parse_port_specs(ports):
+        bindings.setdefault(f"{spec.container_port}/{spec.proto}", []).append(
+            {
+                "HostIp": "" if spec.host_ip == ANY_IP else spec.host_ip,
+                "HostPort": str(spec.host_port) if spec.host_port else "",
+            }
+        )
+    return bindings
+
+
+def _lock_is_free(layout: ContainerLayout) -> bool:
+    """No `hull` process holds the container's lock (none is starting or cleaning it)."""
+    import fcntl
+
+    try:
+        fd = os.open(layout.lock, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _detach_rootfs(layout: ContainerLayout) -> None:

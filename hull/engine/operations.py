@@ -896,6 +896,29 @@ class _CountingReader:
         return data
 
 
+# ================================================================== port
+
+
+def port_mappings(service: ContainerService, ref: str) -> dict[str, list[str]]:
+    """`docker port`: "80/tcp" -> ["0.0.0.0:8080", ...], while the container runs."""
+    from hull.engine.netsetup import published_ports
+
+    record = service.get(ref)
+    mappings: dict[str, list[str]] = {}
+    for key, binding in published_ports(service.db, record.id):
+        mappings.setdefault(key, []).append(binding)
+    return mappings
+
+
+def normalize_port_key(text: str) -> str:
+    """`hull port C 80` asks for 80/tcp; "80/udp" stays; anything else is refused."""
+    number, _, proto = text.partition("/")
+    proto = (proto or "tcp").lower()
+    if not number.isdigit() or not 0 < int(number) < 65536 or proto not in ("tcp", "udp"):
+        raise ConfigError(f"invalid port {text!r}: use PORT[/tcp|udp]")
+    return f"{int(number)}/{proto}"
+
+
 # ================================================================== rename, update
 
 

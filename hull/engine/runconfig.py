@@ -43,6 +43,11 @@ ULIMIT_NAMES = (
 # json-file log driver options (moby daemon/logger/jsonfilelog)
 LOG_OPTS = ("max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex", "tag")
 BIND_PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
+# --network when none is given. Docker's default is "bridge"; Hull keeps "none" until
+# bridge setup costs a `hull run` little enough (see /work/notes and the report).
+DEFAULT_NETWORK = "none"
+# Modes that are not the name of a network: no namespace of their own to connect.
+SPECIAL_NETWORKS = ("none", "host")
 MIN_MEMORY = 6 * 1024 * 1024  # moby's linuxMinMemory: below this the container cannot start
 
 
@@ -128,7 +133,16 @@ class RunConfig:
     stop_signal: str | None = None
     stop_timeout: int | None = None
     isolation: str = "container"
-    network: str = "none"
+    network: str = DEFAULT_NETWORK  # none | host | bridge | NAME | container:ID
+    ports: list[str] = field(default_factory=list)  # -p specs as given, checked at parse
+    publish_all: bool = False  # -P: the image's ExposedPorts on free host ports
+    network_aliases: list[str] = field(default_factory=list)
+    ip: str | None = None  # --ip on a user network
+    dns: list[str] = field(default_factory=list)
+    add_hosts: list[str] = field(default_factory=list)  # "name:ip" (ip may be host-gateway)
+    # Networks joined with `hull network connect` beyond the first; restored at start.
+    # Each: {"network": NAME, "aliases": [...], "ip": str | None}.
+    extra_networks: list[dict[str, Any]] = field(default_factory=list)
     platform: str | None = None
     pull: str = "missing"
     log_opts: dict[str, str] = field(default_factory=dict)
@@ -143,7 +157,7 @@ class RunConfig:
             elif name == "restart":
                 value = {"name": value.name, "max_retries": value.max_retries}
             elif isinstance(value, list):
-                value = [dict(v) if isinstance(v, dict) else v for v in value]
+                value = [_copy_item(v) for v in value]
             elif isinstance(value, dict):
                 value = dict(value)
             data[name] = value
@@ -165,6 +179,13 @@ class RunConfig:
 
 
 _FIELDS = tuple(RunConfig.__dataclass_fields__)
+
+
+def _copy_item(value: Any) -> Any:
+    """A list item of to_dict(): dicts (ulimits, extra networks) and their lists copied."""
+    if isinstance(value, dict):
+        return {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
+    return value
 
 
 # ---------------------------------------------------------------- sizes, numbers
@@ -637,6 +658,93 @@ def signal_number(name: str) -> int:
     return int(signal.Signals[name])
 
 
+# ---------------------------------------------------------------- networking
+
+_NETWORK_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def uses_network(run: RunConfig) -> bool:
+    """Whether the container gets a namespace of its own on a bridge (default or user)."""
+    return run.network not in SPECIAL_NETWORKS and not run.network.startswith("container:")
+
+
+def is_user_network(run: RunConfig) -> bool:
+    return uses_network(run) and run.network != "bridge"
+
+
+def check_network_mode(value: str) -> str:
+    """--network: none | host | bridge | NAME | container:ID (Docker's NetworkMode)."""
+    if value in ("default", ""):
+        return "bridge"
+    if value.startswith("container:"):
+        if not value[len("container:") :]:
+            raise ConfigError("--network container: needs a container name or id")
+        return value
+    if not _NETWORK_NAME_RE.match(value):
+        raise ConfigError(f"invalid network name {value!r}")
+    return value
+
+
+def parse_ip(value: str, what: str = "IP address") -> str:
+    """An IPv4 or IPv6 address, in its canonical spelling."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ConfigError(f"invalid {what}: {value!r}") from None
+
+
+def parse_add_host(value: str) -> str:
+    """--add-host 'name:ip' (or Docker 25's 'name=ip'); ip may be 'host-gateway'.
+
+    The host name cannot hold ':' so the first one separates it from an IPv6 address."""
+    sep = "=" if "=" in value else ":"
+    name, found, address = value.partition(sep)
+    if not found or not name or not address:
+        raise ConfigError(f"invalid argument {value!r} for --add-host: use name:ip")
+    if _HOSTNAME_BAD.search(name):
+        raise ConfigError(f"invalid host name {name!r} for --add-host")
+    if address != "host-gateway":
+        address = parse_ip(address.strip("[]"), "IP address in --add-host")
+    return f"{name}:{address}"
+
+
+def _check_networking(run: RunConfig) -> None:
+    """Docker's conflicts between --network and the other network flags."""
+    run.network = check_network_mode(run.network)
+    run.dns = [parse_ip(d, "DNS server address") for d in run.dns]
+    run.add_hosts = [parse_add_host(h) for h in run.add_hosts]
+    if run.ports:
+        from hull.net.ports import parse_port_specs
+
+        parse_port_specs(run.ports)
+    container_mode = run.network.startswith("container:")
+    if container_mode:
+        if run.ports or run.publish_all:
+            raise ConfigError(
+                "conflicting options: port publishing and the container type network mode"
+            )
+        if run.hostname is not None:
+            raise ConfigError("conflicting options: hostname and the network mode")
+        if run.dns:
+            raise ConfigError("conflicting options: dns and the network mode")
+        if run.add_hosts:
+            raise ConfigError("conflicting options: custom host-to-IP mapping and the network mode")
+    if run.ip is not None:
+        run.ip = parse_ip(run.ip)
+        if ":" in run.ip:
+            raise ConfigError(f"--ip {run.ip}: only IPv4 addresses are supported")
+        if not is_user_network(run):
+            raise ConfigError(
+                "user specified IP address is supported on user defined networks only"
+            )
+    if run.network_aliases and not is_user_network(run):
+        raise ConfigError(
+            "network-scoped aliases are supported only for containers in user defined networks"
+        )
+
+
 # ---------------------------------------------------------------- security options
 
 
@@ -705,6 +813,7 @@ def validate_run_config(run: RunConfig) -> RunConfig:
     ):
         raise ConfigError(f"invalid hostname {run.hostname!r}")
     _check_resources(run)
+    _check_networking(run)
     check_mount_targets(run.mounts)
     for m in run.mounts:
         if m.type not in MOUNT_TYPES:

@@ -60,19 +60,24 @@ def build_spec(
     volume_source: Callable[[MountSpec], str] | None = None,
     init_binary: str | None = None,
     warnings: list[str] | None = None,
+    netns_path: str | None = None,
+    hostname: str | None = None,
 ) -> dict[str, Any]:
     """The config.json for one start of the container.
 
     image_config is the image's "config" object (Env, Cmd, Entrypoint, User,
     WorkingDir, StopSignal...). volume_source maps a volume MountSpec to its host
     directory. Warnings (an rlimit clamped...) go to the `warnings` list when one
-    is given, else to logging.
+    is given, else to logging. netns_path is the network namespace to join (the
+    container's own, set up by the engine on a bridge, or another container's);
+    None makes a new, empty one (--network none). hostname overrides the run's
+    (--network container:ID takes the other container's name).
     """
     validate_run_config(run)
     notes: list[str] = []
     security = parse_security_opts(run.security_opt)
     args = process_args(run, image_config)
-    hostname = container_hostname(run, container_id)
+    hostname = hostname or container_hostname(run, container_id)
     user = resolve_user(rootfs, run.user or image_config.get("User"))  # -u "": the image's
     env = merge_env(image_config.get("Env") or [], run.env, hostname, run.tty)
     if not any(e.startswith("HOME=") for e in env):
@@ -111,7 +116,7 @@ def build_spec(
             }
         )
     linux: dict[str, Any] = {
-        "namespaces": [{"type": t} for t in namespace_types(run)],
+        "namespaces": container_namespaces(run, netns_path),
         "cgroupsPath": f"/hull/{container_id}",
         "resources": container_resources(run),
         "maskedPaths": [] if run.privileged else list(DEFAULT_MASKED_PATHS),
@@ -608,6 +613,17 @@ def namespace_types(run: RunConfig) -> list[str]:
         kinds.append("network")
     kinds.append("cgroup")
     return kinds
+
+
+def container_namespaces(run: RunConfig, netns_path: str | None) -> list[dict[str, str]]:
+    """linux.namespaces: the network one joins netns_path when the engine made one."""
+    namespaces = []
+    for kind in namespace_types(run):
+        entry = {"type": kind}
+        if kind == "network" and netns_path:
+            entry["path"] = netns_path
+        namespaces.append(entry)
+    return namespaces
 
 
 def container_resources(run: RunConfig) -> dict[str, Any]:

@@ -221,3 +221,56 @@ def test_module_imports_only_argparse() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['hull.cli', 'hull.cli.run_flags']"
+
+
+# ---------------------------------------------------------------- networking flags
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["-p", "8080:80", "--publish=127.0.0.1::53/udp", "-P", "busybox"],
+            {"ports": ["8080:80", "127.0.0.1::53/udp"], "publish_all": True},
+        ),
+        (
+            ["--network", "web", "--network-alias", "db", "--net-alias=pg", "busybox"],
+            {"network": "web", "network_aliases": ["db", "pg"]},
+        ),
+        (["--network", "web", "--ip", "10.89.0.10", "busybox"], {"ip": "10.89.0.10"}),
+        (["--dns", "1.1.1.1", "--dns=9.9.9.9", "busybox"], {"dns": ["1.1.1.1", "9.9.9.9"]}),
+        (
+            ["--add-host", "db:10.0.0.5", "--add-host=gw:host-gateway", "busybox"],
+            {"add_hosts": ["db:10.0.0.5", "gw:host-gateway"]},
+        ),
+        (["--add-host", "v6:::1", "busybox"], {"add_hosts": ["v6:::1"]}),
+        (["--network", "container:web", "busybox"], {"network": "container:web"}),
+        (["--network=default", "busybox"], {"network": "bridge"}),
+    ],
+)
+def test_network_flags(argv: list[str], expected: dict[str, object]) -> None:
+    run = _run(argv)
+    for key, value in expected.items():
+        assert getattr(run, key) == value, key
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-p", "80:80:80:80", "busybox"], "invalid port spec"),
+        (["-p", "70000", "busybox"], "must be 1-65535"),
+        (["-p", "8080:80", "-p", "8080:81", "busybox"], "published twice"),
+        (["--network", "bridge", "--ip", "10.88.0.9", "busybox"], "user defined networks only"),
+        (["--network", "web", "--ip", "nope", "busybox"], "invalid IP address"),
+        (["--network", "bridge", "--network-alias", "a", "busybox"], "user defined networks"),
+        (["--network", "container:web", "-p", "80", "busybox"], "port publishing"),
+        (["--network", "container:web", "-h", "x", "busybox"], "hostname"),
+        (["--network", "bad/name", "busybox"], "invalid network name"),
+        (["--dns", "not-an-ip", "busybox"], "invalid DNS server address"),
+        (["--add-host", "nocolon", "busybox"], "--add-host"),
+        (["--add-host", "db:999.1.1.1", "busybox"], "IP address in --add-host"),
+    ],
+)
+def test_network_flag_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _run(argv)

@@ -543,3 +543,78 @@ def test_validate_run_config_normalises() -> None:
     assert run.name == "web" and run.stop_signal == "SIGTERM"
     # --rm with the "no" policy is fine, and -1 swap without memory too.
     rc.validate_run_config(RunConfig("busybox", rm=True, memory_swap=-1))
+
+
+# ---------------------------------------------------------------- networking
+
+
+def test_rows_from_before_networking_load_with_defaults() -> None:
+    old = {"image": "busybox", "network": "none", "env": ["A=1"]}
+    run = RunConfig.from_dict(old)
+    assert run.ports == [] and run.publish_all is False and run.network_aliases == []
+    assert run.ip is None and run.dns == [] and run.add_hosts == [] and run.extra_networks == []
+
+
+def test_network_fields_round_trip_without_sharing() -> None:
+    run = RunConfig(
+        "busybox",
+        network="web",
+        ports=["8080:80"],
+        publish_all=True,
+        network_aliases=["db"],
+        ip="10.89.0.9",
+        dns=["1.1.1.1"],
+        add_hosts=["h:10.0.0.1"],
+        extra_networks=[{"network": "back", "aliases": ["x"], "ip": None}],
+    )
+    data = json.loads(json.dumps(run.to_dict()))
+    assert RunConfig.from_dict(data) == run
+    copied = run.to_dict()
+    copied["extra_networks"][0]["aliases"].append("y")
+    assert run.extra_networks[0]["aliases"] == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("none", "none"),
+        ("host", "host"),
+        ("default", "bridge"),
+        ("my-net.1", "my-net.1"),
+        ("container:abc", "container:abc"),
+    ],
+)
+def test_check_network_mode(value: str, expected: str) -> None:
+    from hull.engine.runconfig import check_network_mode
+
+    assert check_network_mode(value) == expected
+
+
+@pytest.mark.parametrize("value", ["container:", "-bad", "a/b", "a b"])
+def test_check_network_mode_refuses(value: str) -> None:
+    from hull.engine.runconfig import check_network_mode
+
+    with pytest.raises(ConfigError):
+        check_network_mode(value)
+
+
+def test_parse_add_host_forms() -> None:
+    from hull.engine.runconfig import parse_add_host
+
+    assert parse_add_host("db:10.0.0.5") == "db:10.0.0.5"
+    assert parse_add_host("db=10.0.0.5") == "db:10.0.0.5"
+    assert parse_add_host("v6:[::1]") == "v6:::1"
+    assert parse_add_host("gw:host-gateway") == "gw:host-gateway"
+    with pytest.raises(ConfigError):
+        parse_add_host("db:")
+
+
+def test_network_helpers() -> None:
+    from hull.engine.runconfig import is_user_network, uses_network
+
+    assert not uses_network(RunConfig("b", network="none"))
+    assert not uses_network(RunConfig("b", network="host"))
+    assert not uses_network(RunConfig("b", network="container:x"))
+    assert uses_network(RunConfig("b", network="bridge"))
+    assert not is_user_network(RunConfig("b", network="bridge"))
+    assert is_user_network(RunConfig("b", network="web"))

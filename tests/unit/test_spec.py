@@ -761,3 +761,17 @@ def test_clamp_warning_goes_to_logging_without_a_list(
     with caplog.at_level("WARNING", logger="hull.engine.spec"):
         build(rootfs, container_dir, ulimits=ulimits)
     assert any("above the hard limit" in r.getMessage() for r in caplog.records)
+
+
+def test_network_namespace_path_and_hostname_override(rootfs: Path, container_dir: Path) -> None:
+    run = RunConfig(image="busybox:latest", network="web")
+    spec = build_spec(
+        run, IMAGE, CID, container_dir, rootfs, netns_path="/run/hull/netns/x", hostname="other"
+    )
+    validate(spec)
+    network = [n for n in spec["linux"]["namespaces"] if n["type"] == "network"]
+    assert network == [{"type": "network", "path": "/run/hull/netns/x"}]
+    assert spec["hostname"] == "other"
+    assert "HOSTNAME=other" in spec["process"]["env"]
+    plain = build(rootfs, container_dir)
+    assert {"type": "network"} in plain["linux"]["namespaces"]
