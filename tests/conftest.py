@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -48,4 +49,14 @@ def hull_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     runroot.mkdir()
     monkeypatch.setenv("HULL_ROOT", str(root))
     monkeypatch.setenv("HULL_RUNROOT", str(runroot))
-    return HullPaths(root, runroot)
+    # Containers of this test go under their own cgroup parent, removed afterwards.
+    parent = f"hull-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("HULL_CGROUP_PARENT", parent)
+    yield HullPaths(root, runroot)
+    for hierarchy in os.listdir("/sys/fs/cgroup") if IS_ROOT else []:
+        path = os.path.join("/sys/fs/cgroup", hierarchy, parent)
+        if os.path.isdir(path):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass  # a leak: the test that made it asserts on it

@@ -325,12 +325,17 @@ class ContainerService:
     # ------------------------------------------------------------------ start
 
     def start(
-        self, ref: str, before_start: Callable[[ContainerRecord, Path], None] | None = None
+        self,
+        ref: str,
+        before_start: Callable[[ContainerRecord, Path], None] | None = None,
+        restart: bool = False,
     ) -> ContainerRecord:
         """Mount the rootfs, write config.json, hand the container to a new shim, start it.
 
         before_start(record, shim_dir) runs once the container is created and its
         shim listens: `hull run` attaches there so no output is missed.
+        restart=True: a restart policy's start, dropped if a user stopped the
+        container meanwhile (checked under the container lock, which stop takes).
         """
         record = self.get(ref)
         if record.state in (RUNNING, PAUSED):
@@ -341,6 +346,16 @@ class ContainerService:
         networked = False
         try:
             with ContainerLock(layout):
+                record = self.get(record.id)
+                if record.state in (RUNNING, PAUSED):
+                    return record
+                if restart:
+                    if record.stopped_by_user:
+                        return record
+                    self.db.execute(
+                        "UPDATE containers SET restart_count = restart_count + 1 WHERE id = ?",
+                        (record.id,),
+                    )
                 mounted = self.mount_rootfs(record, layout)
                 warnings: list[str] = []
                 networked = True
@@ -599,25 +614,29 @@ class ContainerService:
         from hull.runtime.commands.kill import parse_signal
 
         record = self.get(ref)
-        if record.state not in (RUNNING, PAUSED):
-            return record
+        # The flag first: a restart policy racing with this stop (the shim's exit
+        # command) re-reads it under the container lock and stands down.
         self.db.execute("UPDATE containers SET stopped_by_user = 1 WHERE id = ?", (record.id,))
         run = record.run
         if timeout is None:
             timeout = run.stop_timeout if run.stop_timeout is not None else 10
-        if record.state == PAUSED:
-            self.unpause(record.id)
-        try:
-            self.kill(record.id, parse_signal(run.stop_signal or "SIGTERM"))
-        except StateError:
-            pass
-        if self._wait_exit(record, timeout) is None:
+        for _ in range(3):  # a restart that won the race before the flag: stop it too
+            record = self.get(record.id)
+            if record.state not in (RUNNING, PAUSED):
+                break
+            if record.state == PAUSED:
+                self.unpause(record.id)
             try:
-                self.kill(record.id, 9)
+                self.kill(record.id, parse_signal(run.stop_signal or "SIGTERM"))
             except StateError:
                 pass
-            self._wait_exit(record, 30)
-        self.cleanup(record.id, from_stop=True)
+            if self._wait_exit(record, timeout) is None:
+                try:
+                    self.kill(record.id, 9)
+                except StateError:
+                    pass
+                self._wait_exit(record, 30)
+            self.cleanup(record.id, from_stop=True)
         return self.get(record.id)
 
     def pause(self, ref: str) -> None:
@@ -686,8 +705,15 @@ class ContainerService:
         layout = self.layout(record)
         from hull.engine.shim import exit_error, read_exit, shim_alive
 
-        with ContainerLock(layout):
-            record = self.get(record.id)
+        try:
+            lock = ContainerLock(layout).__enter__()
+        except NotFoundError:
+            return None  # removed meanwhile by another hull process
+        with lock:
+            try:
+                record = self.get(record.id)
+            except NotFoundError:
+                return None
             if record.state not in (RUNNING, PAUSED):
                 return record
             code = read_exit(str(layout.shim_dir))
@@ -716,12 +742,8 @@ class ContainerService:
             self.remove(record.id, force=True, volumes=True)
             return None
         if self._should_restart(record, from_stop):
-            self.db.execute(
-                "UPDATE containers SET restart_count = restart_count + 1 WHERE id = ?",
-                (record.id,),
-            )
             try:
-                return self.start(record.id)
+                return self.start(record.id, restart=True)
             except HullError:
                 return self.get(record.id)
         return record
@@ -823,8 +845,11 @@ class ContainerService:
         layout = self.layout(record)
         _kill_old_shim(layout)
         self._runtime_delete(record.id, layout)
-        with ContainerLock(layout):
-            self._teardown_network(record.id)
+        try:
+            with ContainerLock(layout):
+                self._teardown_network(record.id)
+        except NotFoundError:
+            pass  # its directory is already gone
         from hull.image.snapshots import unmount
 
         unmount(layout.rootfs)
@@ -960,13 +985,20 @@ class ContainerLock:
     def __enter__(self) -> ContainerLock:
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self.fd >= 0:
+            return self  # already held (entered once by hand, then used in `with`)
+        # Never create the container's directory: if it is gone, so is the
+        # container (a concurrent rm), and recreating it would leak it.
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise NotFoundError(f"no such container: {self.path.parent.name}") from None
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+        self.fd = -1
 
 
 def port_bindings(ports: list[str]) -> dict[str, list[dict[str, str]]]:

@@ -51,6 +51,14 @@ _SKIP_DEV_DIRS = ("pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev")
 _SKIP_DEV_FILES = ("console", "ptmx")
 
 
+def cgroup_parent() -> str:
+    """The cgroup every container goes under: hull, or $HULL_CGROUP_PARENT (tests)."""
+    import os
+
+    parent = os.environ.get("HULL_CGROUP_PARENT", "hull").strip("/")
+    return parent or "hull"
+
+
 def build_spec(
     run: RunConfig,
     image_config: dict[str, Any],
@@ -117,7 +125,7 @@ def build_spec(
         )
     linux: dict[str, Any] = {
         "namespaces": container_namespaces(run, netns_path),
-        "cgroupsPath": f"/hull/{container_id}",
+        "cgroupsPath": f"/{cgroup_parent()}/{container_id}",
         "resources": container_resources(run),
         "maskedPaths": [] if run.privileged else list(DEFAULT_MASKED_PATHS),
         "readonlyPaths": [] if run.privileged else list(DEFAULT_READONLY_PATHS),

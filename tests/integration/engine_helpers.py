@@ -71,7 +71,8 @@ def shim_pids(runroot: Path) -> list[int]:
 def cgroup_dirs_for(container_id: str) -> list[str]:
     found = []
     for hierarchy in os.listdir("/sys/fs/cgroup"):
-        path = os.path.join("/sys/fs/cgroup", hierarchy, "hull", container_id)
+        parent = os.environ.get("HULL_CGROUP_PARENT", "hull")
+        path = os.path.join("/sys/fs/cgroup", hierarchy, parent, container_id)
         if os.path.isdir(path):
             found.append(path)
     return found

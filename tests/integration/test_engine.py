@@ -197,7 +197,7 @@ def test_many_run_rm_leave_no_leftovers(hull):
     import subprocess
 
     def cgroups() -> set[str]:
-        base = "/sys/fs/cgroup/pids/hull"
+        base = f"/sys/fs/cgroup/pids/{os.environ['HULL_CGROUP_PARENT']}"
         return set(os.listdir(base)) if os.path.isdir(base) else set()
 
     before = cgroups()
