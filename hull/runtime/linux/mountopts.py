@@ -38,7 +38,7 @@ _FLAGS: dict[str, tuple[bool, int]] = {
     "suid": (True, sc.MS_NOSUID),
     "sync": (False, sc.MS_SYNCHRONOUS),
 }
-_PROPAGATION = {
+PROPAGATION = {
     "private": sc.MS_PRIVATE,
     "rprivate": sc.MS_PRIVATE | sc.MS_REC,
     "shared": sc.MS_SHARED,
@@ -98,8 +98,8 @@ def parse(options: list[str] | None) -> MountOptions:
                 out.flags &= ~flag
             else:
                 out.flags |= flag
-        elif opt in _PROPAGATION:
-            out.propagation.append(_PROPAGATION[opt])
+        elif opt in PROPAGATION:
+            out.propagation.append(PROPAGATION[opt])
         elif opt == "tmpcopyup":
             out.tmpcopyup = True
         elif opt in ("idmap", "ridmap"):

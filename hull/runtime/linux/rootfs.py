@@ -25,16 +25,7 @@ DEFAULT_DEVICES = (
     ("/dev/tty", "c", 5, 0),
 )
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
-_PROPAGATION = {
-    "shared": sc.MS_SHARED,
-    "rshared": sc.MS_SHARED | sc.MS_REC,
-    "slave": sc.MS_SLAVE,
-    "rslave": sc.MS_SLAVE | sc.MS_REC,
-    "private": sc.MS_PRIVATE,
-    "rprivate": sc.MS_PRIVATE | sc.MS_REC,
-    "unbindable": sc.MS_UNBINDABLE,
-    "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
-}
+_PROPAGATION = mountopts.PROPAGATION
 
 
 def open_in_root(rootfd: int, path: str, create: str | None = None, mode: int = 0o755) -> int:
