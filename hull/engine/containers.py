@@ -244,7 +244,14 @@ class ContainerService:
 
                     mount.source = VolumeService(self.paths, self.db).create(mount.source)["Name"]
             with self.db.transaction() as conn:
-                if conn.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
+                taken = "SELECT 1 FROM containers WHERE name = ?"
+                suffix = 0
+                while not run.name and conn.execute(taken, (name,)).fetchone():
+                    # A generated name taken meanwhile (parallel creates): Docker
+                    # appends a digit; here a counter, under the write lock.
+                    suffix += 1
+                    name = f"{name.rstrip('0123456789')}{suffix}"
+                if conn.execute(taken, (name,)).fetchone():
                     raise StateError(
                         f'the container name "/{name}" is already in use: remove it or '
                         "choose another name"
@@ -281,7 +288,7 @@ class ContainerService:
         return images.pull(run.image, progress="auto")
 
     def _random_name(self) -> str:
-        for _ in range(50):
+        for _ in range(20):
             name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NAMES)}"
             if not self.db.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
                 return name
