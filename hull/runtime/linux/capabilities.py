@@ -11,7 +11,6 @@ import errno
 from _collections_abc import Mapping  # what collections.abc re-exports; os already loaded it
 
 from hull.errors import ConfigError, KernelError
-from hull.runtime.linux import syscalls
 from hull.runtime.warn import warn
 
 TYPE_CHECKING = False
@@ -151,6 +150,8 @@ def drop_bounding(caps: Mapping[str, Any] | None) -> None:
 
     Must run while the process still holds CAP_SETPCAP, i.e. before the uid switch.
     """
+    from hull.runtime.linux import syscalls  # ctypes: only where a syscall is made
+
     keep = _mask(caps or {}, "bounding")
     for number in range(last_cap() + 1):
         if keep >> number & 1:
@@ -173,6 +174,8 @@ def apply(caps: Mapping[str, Any] | None) -> None:
     Ambient capabilities must be in both permitted and inheritable (the kernel's
     rule), so they are raised last, one by one, after clearing the set.
     """
+    from hull.runtime.linux import syscalls  # ctypes: only where a syscall is made
+
     caps = caps or {}
     effective = _mask(caps, "effective")
     permitted = _mask(caps, "permitted")
@@ -192,6 +195,8 @@ def apply(caps: Mapping[str, Any] | None) -> None:
 
 
 def _apply_ambient(ambient: int) -> None:
+    from hull.runtime.linux import syscalls  # ctypes: only where a syscall is made
+
     try:
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError as e:

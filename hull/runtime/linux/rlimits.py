@@ -12,7 +12,6 @@ from _collections_abc import Mapping  # what collections.abc re-exports; os alre
 
 from hull.errors import ConfigError, KernelError
 from hull.oci.runtime_spec import RLIMIT_TYPES
-from hull.runtime.linux import syscalls
 from hull.runtime.warn import warn
 
 TYPE_CHECKING = False
@@ -26,7 +25,7 @@ RLIMITS: dict[str, int] = RLIMIT_TYPES
 # The OCI spec's values are uint64, as is the kernel's rlim_t, and prlimit goes
 # through ctypes (syscalls.prlimit), so values pass unchanged: all ones is
 # RLIM_INFINITY, the largest value, and limits compare as plain integers.
-_UINT64_MAX = syscalls.RLIM_INFINITY
+_UINT64_MAX = 2**64 - 1  # RLIM_INFINITY
 
 
 def _limit_value(entry: Mapping[str, Any], key: str, where: str) -> int:
@@ -75,6 +74,8 @@ def apply(rlimits: Sequence[Mapping[str, Any]] | None) -> None:
 
 
 def _apply_one(kind: str, number: int, soft: int, hard: int) -> None:
+    from hull.runtime.linux import syscalls  # ctypes: only where a syscall is made
+
     try:
         syscalls.prlimit(0, number, (soft, hard))
         return
@@ -98,4 +99,4 @@ def _apply_one(kind: str, number: int, soft: int, hard: int) -> None:
 
 
 def _show(value: int) -> str:
-    return "unlimited" if value == syscalls.RLIM_INFINITY else str(value)
+    return "unlimited" if value == _UINT64_MAX else str(value)
