@@ -235,6 +235,9 @@ class ContainerService:
         try:
             for d in (layout.upper, layout.work, layout.rootfs):
                 d.mkdir(parents=True)
+            # The lock file exists for the container's whole life; ContainerLock
+            # never creates it, so a racing sweep cannot repopulate a removed dir.
+            layout.lock.touch(0o600)
             self._write_etc_files(layout, run, cid)
             for mount in run.mounts:
                 if mount.type == "volume":
@@ -861,8 +864,15 @@ class ContainerService:
 
         unmount(layout.rootfs)
         shutil.rmtree(layout.shim_dir, ignore_errors=True)
-        shutil.rmtree(layout.dir, ignore_errors=True)
-        self.db.execute("DELETE FROM containers WHERE id = ?", (record.id,))
+        # The row goes first, under the lock: a racing cleanup waits, then finds
+        # no row and stands down instead of touching the directory.
+        try:
+            with ContainerLock(layout):
+                self.db.execute("DELETE FROM containers WHERE id = ?", (record.id,))
+                shutil.rmtree(layout.dir, ignore_errors=True)
+        except NotFoundError:
+            self.db.execute("DELETE FROM containers WHERE id = ?", (record.id,))
+            shutil.rmtree(layout.dir, ignore_errors=True)
         if volumes:
             from hull.engine.volumes import VolumeService
 
@@ -997,7 +1007,7 @@ class ContainerLock:
         # Never create the container's directory: if it is gone, so is the
         # container (a concurrent rm), and recreating it would leak it.
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFoundError(f"no such container: {self.path.parent.name}") from None
         fcntl.flock(self.fd, fcntl.LOCK_EX)
