@@ -43,6 +43,16 @@ def runtime_cmd() -> list[str]:
     return [sys.executable, "-m", "hull.runtime.cli"]
 
 
+def _remove_empty_cgroup_parent(name: str) -> None:
+    """rmdir removes a cgroup only when it is empty: a leak would stay visible."""
+    root = Path("/sys/fs/cgroup")
+    for hierarchy in root.iterdir() if root.is_dir() else []:
+        try:
+            (hierarchy / name).rmdir()
+        except OSError:
+            pass
+
+
 def _run_vm(paths: HullPaths, rootfs: Path) -> str:
     """Boot the rootfs in a microVM twice (assets cached by the first); a table cell."""
     import io
@@ -137,6 +147,7 @@ def main() -> int:
             unmount(rootfs)
         if not opts.keep:
             subprocess.run(["rm", "-rf", "--one-file-system", str(tmp)], check=False)
+        _remove_empty_cgroup_parent("hull-demo")
 
 
 if __name__ == "__main__":

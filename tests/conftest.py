@@ -60,3 +60,19 @@ def hull_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                 os.rmdir(path)
             except OSError:
                 pass  # a leak: the test that made it asserts on it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_test_cgroup_parents():
+    """The runtime tests' shared cgroup parent (/hull-test) goes once the session ends.
+
+    rmdir only removes an empty cgroup, so a leaked container cgroup stays visible.
+    """
+    yield
+    if not IS_ROOT or not os.path.isdir("/sys/fs/cgroup"):
+        return
+    for hierarchy in os.listdir("/sys/fs/cgroup"):
+        try:
+            os.rmdir(os.path.join("/sys/fs/cgroup", hierarchy, "hull-test"))
+        except OSError:
+            pass
