@@ -317,3 +317,22 @@ def test_run_isolation_vm_has_its_own_kernel(hull):
     assert hull.ok("ps", "-aq") == ""
     detached = hull("run", "-d", "--isolation=vm", "busybox", "true")
     assert detached.returncode == 125 and "attached" in detached.stderr
+
+
+def test_restart_always_after_the_supervisor_is_killed(hull):
+    """No exit command ran (its shim was killed): the next hull invocation's sweep
+    records the exit and applies the restart policy."""
+    cid = hull.ok(
+        "run", "-d", "--name", "lazarus", "--restart", "always", "busybox",
+        "sh", "-c", "sleep 0.5; exit 1",
+    ).strip()  # fmt: skip
+    shim_pid = int((hull.paths.runroot / "shims" / cid[:12] / "shim.pid").read_text())
+    os.kill(shim_pid, 9)
+    time.sleep(1.0)  # the container exits with nobody watching
+
+    def restarted() -> bool:
+        hull.ok("ps", "-a")  # any sweeping verb: the engine "runs again"
+        return json.loads(hull.ok("inspect", "lazarus"))[0]["RestartCount"] >= 1
+
+    wait_for(restarted)
+    hull.ok("rm", "-f", "lazarus")
