@@ -263,7 +263,7 @@ def attach_args(p: argparse.ArgumentParser) -> None:
 
 def attach(args: argparse.Namespace) -> int:
     """Stream a running container's output (and our stdin) until it exits; its exit code."""
-    from hull.cli.containers import pump
+    from hull.cli.containers import forward_signals, pump
     from hull.engine.shim import attach as shim_attach
 
     with _service(args) as service:
@@ -277,25 +277,9 @@ def attach(args: argparse.Namespace) -> int:
             str(service.layout(record).shim_dir), stdin=interactive, tty=record.run.tty
         )
         if args.sig_proxy:
-            _proxy_signals(service, record.id, record.run.tty)
+            forward_signals(service, record.id, record.run.tty)
         pump(client, interactive=interactive, tty=record.run.tty)
         return service.wait(record.id)
-
-
-def _proxy_signals(service: ContainerService, cid: str, tty: bool) -> None:
-    """--sig-proxy: signals to `hull attach` go to the container (SIGINT only without a tty)."""
-    import signal
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            service.kill(cid, signum)
-        except HullError:
-            pass
-
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, forward)
-    if not tty:
-        signal.signal(signal.SIGINT, forward)
 
 
 # ------------------------------------------------------------------ diff, commit

@@ -100,13 +100,14 @@ def _run_attached(service: ContainerService, record: ContainerRecord, config) ->
             service.remove(record.id, force=True, volumes=True)
         raise
     client = holder["client"]
-    _forward_signals(service, record.id, config.tty)
+    forward_signals(service, record.id, config.tty)
     pump(client, interactive=config.interactive, tty=config.tty)
     return service.wait(record.id)
 
 
-def _forward_signals(service: ContainerService, cid: str, tty: bool) -> None:
-    """--sig-proxy: signals to `hull run` go to the container (Docker's default)."""
+def forward_signals(service: ContainerService, cid: str, tty: bool) -> None:
+    """--sig-proxy: signals to `hull run`/`attach` go to the container (SIGINT only
+    without a tty, where it is a keystroke for the container instead)."""
     import signal
 
     def forward(signum: int, _frame: object) -> None:

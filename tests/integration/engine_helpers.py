@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hull.paths import HullPaths
@@ -76,3 +78,34 @@ def cgroup_dirs_for(container_id: str) -> list[str]:
         if os.path.isdir(path):
             found.append(path)
     return found
+
+
+def engine_session(paths: HullPaths) -> Iterator[Hull]:
+    """Body of the engine tests' `hull` fixture: a busybox image, then a check that
+    the test left no container, mount, cgroup or shim behind (shims are killed
+    either way, so a failure never leaks into the next test)."""
+    h = Hull(paths)
+    h.ok("image", "bootstrap", "busybox")
+    yield h
+    ids = h("ps", "-aq", "--no-trunc").stdout.split()
+    if ids:
+        h("rm", "-f", *ids)
+    assert overlay_mounts_under(paths.root) == []
+    assert [d for cid in ids for d in cgroup_dirs_for(cid)] == []
+    leftover = shim_pids(paths.runroot)
+    for pid in leftover:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert leftover == []
+
+
+def wait_for(predicate, timeout: float = 20.0, step: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")

@@ -11,17 +11,15 @@ import re
 import stat
 import subprocess
 import tarfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.integration.engine_helpers import (
-    Hull,
-    cgroup_dirs_for,
+    engine_session,
     overlay_mounts_under,
-    shim_pids,
+    wait_for,
 )
 
 MiB = 1 << 20
@@ -29,31 +27,7 @@ MiB = 1 << 20
 
 @pytest.fixture
 def hull(hull_paths):
-    h = Hull(hull_paths)
-    h.ok("image", "bootstrap", "busybox")
-    yield h
-    ids = h("ps", "-aq", "--no-trunc").stdout.split()
-    if ids:
-        h("rm", "-f", *ids)
-    assert overlay_mounts_under(hull_paths.root) == []
-    assert [d for cid in ids for d in cgroup_dirs_for(cid)] == []
-    leftover = shim_pids(hull_paths.runroot)
-    for pid in leftover:  # never leak supervisors into the next test, even on failure
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-    assert leftover == []
-
-
-def wait_for(predicate, timeout: float = 20.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
+    yield from engine_session(hull_paths)
 
 
 def test_stats_top_and_port(hull):
