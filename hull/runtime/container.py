@@ -106,12 +106,17 @@ def create(
     run_mode: bool = False,
     preserve_fds: int = 0,
     console_fd: int | None = None,
+    config: dict | None = None,
 ) -> tuple[ContainerState, Channel]:
-    """Set up the container and leave its process waiting for start."""
+    """Set up the container and leave its process waiting for start.
+
+    config: the bundle's config.json when the caller already loaded it (run).
+    """
     from hull.runtime.linux.cgroups import V2Manager, manager_for
 
     bundle = os.path.abspath(bundle)
-    config = load_config(bundle)
+    if config is None:
+        config = load_config(bundle)
     rootfs = os.path.join(bundle, config["root"]["path"])
     if not os.path.isdir(rootfs):
         raise ConfigError(f"rootfs {rootfs} does not exist or is not a directory")
@@ -356,8 +361,9 @@ def run(
     """create + start; in the foreground, wait and return the exit code."""
     import _signal
 
+    config = load_config(os.path.abspath(bundle))
     console_fd = tty_sock = None
-    if not console_socket and not detach and _wants_terminal(bundle):
+    if not console_socket and not detach and config["process"].get("terminal"):
         # No console socket: the pty master comes back to us and we proxy our stdio.
         import socket
 
@@ -374,6 +380,7 @@ def run(
             run_mode=True,
             preserve_fds=preserve_fds,
             console_fd=console_fd,
+            config=config,
         )
     except BaseException:
         if tty_sock is not None:
@@ -418,13 +425,6 @@ def run(
     if not keep:
         destroy(store, state)
     return code
-
-
-def _wants_terminal(bundle: str) -> bool:
-    try:
-        return bool(load_config(os.path.abspath(bundle))["process"].get("terminal"))
-    except ConfigError:
-        return False
 
 
 def _forward(pid: int, signum: int) -> None:
