@@ -7,8 +7,9 @@ user's real state: HULL_ROOT and HULL_RUNROOT override the defaults.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from hull.records import dataclass
 
 DEFAULT_ROOT = "/var/lib/hull"
 DEFAULT_RUNROOT = "/run/hull"

@@ -3,18 +3,25 @@ inspect, pause, unpause, container prune/cleanup. Thin: flags -> ContainerServic
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
-from hull.cli import output
 from hull.errors import ConfigError, HullError, NotFoundError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
     from hull.engine.containers import ContainerRecord, ContainerService
+
+
+def _output():
+    from hull.cli import output
+
+    return output
 
 
 def _service(args: argparse.Namespace, sweep: bool = True) -> ContainerService:
@@ -52,6 +59,16 @@ def create_args(p: argparse.ArgumentParser) -> None:
     run_args(p)
 
 
+def run_quick_parse(argv: list[str]) -> argparse.Namespace | None:
+    """`hull run`'s flags without argparse (None: let argparse parse)."""
+    from hull.cli.run_flags import quick_parse
+
+    return quick_parse(argv)  # type: ignore[return-value]
+
+
+create_quick_parse = run_quick_parse
+
+
 def create(args: argparse.Namespace) -> int:
     from hull.cli.run_flags import run_config_from_args
 
@@ -79,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
                 raise
             print(record.id)
             return 0
+        if config.rm and not config.tty:
+            # Nothing outlives a foreground --rm run: no shim, the runtime in-process.
+            return service.run_foreground(record.id, interactive=config.interactive)
         return _run_attached(service, record, config)
 
 
@@ -340,12 +360,12 @@ def ps(args: argparse.Namespace) -> int:
         return 0
     if args.format and args.format != "table":
         for row in rows:
-            print(output.render_template(args.format, row))
+            print(_output().render_template(args.format, row))
         return 0
     columns = ["ID", "Image", "Command", "CreatedAt", "Status", "Ports", "Names"]
     headers = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
     table = [[row[c] if c != "CreatedAt" else row["RunningFor"] for c in columns] for row in rows]
-    output.print_table(headers, table)
+    _output().print_table(headers, table)
     return 0
 
 
@@ -379,11 +399,11 @@ def _label_matches(labels: dict[str, str], want: str) -> bool:
 def status_text(record: ContainerRecord, now: float | None = None) -> str:
     now = now or time.time()
     if record.state == "running":
-        return f"Up {output.human_duration(now - (record.started_at or now))}"
+        return f"Up {_output().human_duration(now - (record.started_at or now))}"
     if record.state == "paused":
-        return f"Up {output.human_duration(now - (record.started_at or now))} (Paused)"
+        return f"Up {_output().human_duration(now - (record.started_at or now))} (Paused)"
     if record.state == "exited":
-        ago = output.human_duration(now - (record.finished_at or now))
+        ago = _output().human_duration(now - (record.finished_at or now))
         return f"Exited ({record.exit_code}) {ago} ago"
     return record.state.capitalize()
 
@@ -403,7 +423,7 @@ def ps_row(record: ContainerRecord, no_trunc: bool = False) -> dict[str, str]:
         "Image": record.image_name,
         "Command": f'"{command}"',
         "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(record.created)),
-        "RunningFor": f"{output.human_duration(time.time() - record.created)} ago",
+        "RunningFor": f"{_output().human_duration(time.time() - record.created)} ago",
         "Status": status_text(record),
         "State": record.state,
         "Ports": "",
@@ -442,7 +462,7 @@ def inspect(args: argparse.Namespace) -> int:
             docs.append(doc)
     if args.format:
         for doc in docs:
-            print(output.render_template(args.format, doc))
+            print(_output().render_template(args.format, doc))
     else:
         print(json.dumps(docs, indent=4))
     return 1 if failed else 0
@@ -502,7 +522,7 @@ def _time_arg(text: str | None) -> float | None:
     """--since/--until: a timestamp, a Unix time, or a duration ago (10m, 1h30m)."""
     if not text:
         return None
-    parsed = output.parse_timestamp(text)
+    parsed = _output().parse_timestamp(text)
     if parsed is not None:
         return parsed
     try:

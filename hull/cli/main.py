@@ -6,6 +6,7 @@ A verb's module provides:
 
     def NAME(args: argparse.Namespace) -> int | None      # runs the verb
     def NAME_args(parser: argparse.ArgumentParser) -> None   # optional: its flags
+    def NAME_quick_parse(argv: list[str]) -> Namespace | None  # optional: no argparse
 
 and finds `args.paths` (HullPaths from --root/--runroot or HULL_ROOT/HULL_RUNROOT)
 and `args.debug` set. Groups (`hull image ls`) are tables of the same kind; a
@@ -15,28 +16,46 @@ stderr and the error's exit code (125 unless it says otherwise); Ctrl-C is 130.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
-import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import NoReturn
 
 from hull.errors import HullError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import NoReturn
 
-@dataclass(frozen=True)
+
 class Verb:
-    target: str  # "package.module:function"
-    help: str
+    """A command: its "package.module:function" and one line of help.
+
+    Plain classes, not dataclasses, here and below: `hull run` imports this module
+    first, and dataclasses/argparse/typing cost ~20 ms of a ~40 ms budget.
+    """
+
+    __slots__ = ("target", "help")
+
+    def __init__(self, target: str, help: str) -> None:
+        self.target = target
+        self.help = help
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Verb) and (self.target, self.help) == (other.target, other.help)
+
+    def __hash__(self) -> int:
+        return hash((self.target, self.help))
 
 
-@dataclass(frozen=True)
 class Group:
-    help: str
-    verbs: dict[str, Verb] = field(default_factory=dict)
+    """A management command (`hull image ...`): its help and its verbs."""
+
+    __slots__ = ("help", "verbs")
+
+    def __init__(self, help: str, verbs: dict[str, Verb] | None = None) -> None:
+        self.help = help
+        self.verbs = verbs or {}
 
 
 _IMAGES = "hull.cli.images"
@@ -178,15 +197,34 @@ class UsageError(HullError):
     """Bad flags or an unknown command (Docker exits 125 for these too)."""
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of exiting with 2."""
+def __getattr__(name: str) -> object:
+    """ArgumentParser is made on first use: argparse is imported only when needed."""
+    if name == "ArgumentParser":
+        return _argument_parser_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message}\nSee '{self.prog} --help'.")
+
+_PARSER_CLASS: type | None = None
 
 
-def _top_parser() -> ArgumentParser:
-    parser = ArgumentParser(
+def _argument_parser_class() -> type[argparse.ArgumentParser]:
+    """argparse's parser, raising UsageError instead of exiting with 2."""
+    global _PARSER_CLASS
+    if _PARSER_CLASS is None:
+        import argparse
+
+        class ArgumentParser(argparse.ArgumentParser):
+            def error(self, message: str) -> NoReturn:
+                raise UsageError(f"{message}\nSee '{self.prog} --help'.")
+
+        _PARSER_CLASS = ArgumentParser
+    return _PARSER_CLASS
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = _argument_parser_class()(
         prog="hull",
         description="A container and microVM engine with Docker's verbs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -225,13 +263,15 @@ def _group_help(name: str, group: Group) -> str:
     return f"Usage:  hull {name} COMMAND\n\n{group.help}\n\nCommands:\n{body}\n"
 
 
-@dataclass(frozen=True)
 class Invocation:
     """Which verb to run, its program name for messages, and its own arguments."""
 
-    prog: str
-    verb: Verb
-    argv: list[str]
+    __slots__ = ("prog", "verb", "argv")
+
+    def __init__(self, prog: str, verb: Verb, argv: list[str]) -> None:
+        self.prog = prog
+        self.verb = verb
+        self.argv = argv
 
 
 def find_verb(command: str, rest: Sequence[str]) -> Invocation | str:
@@ -253,38 +293,84 @@ def find_verb(command: str, rest: Sequence[str]) -> Invocation | str:
     return Invocation(f"hull {command}", verb, list(rest))
 
 
-def build_parser(invocation: Invocation) -> tuple[ArgumentParser, object]:
-    """Import the verb's module (only now) and let it declare its flags."""
+def _verb_module(invocation: Invocation) -> tuple[object, str]:
     module_name, _, function_name = invocation.verb.target.partition(":")
-    module = importlib.import_module(module_name)
+    __import__(module_name)
+    return sys.modules[module_name], function_name
+
+
+def build_parser(invocation: Invocation) -> tuple[argparse.ArgumentParser, object]:
+    """Import the verb's module (only now) and let it declare its flags."""
+    module, function_name = _verb_module(invocation)
     function = getattr(module, function_name)
-    parser = ArgumentParser(prog=invocation.prog, description=invocation.verb.help)
+    parser = _argument_parser_class()(prog=invocation.prog, description=invocation.verb.help)
     configure = getattr(module, f"{function_name}_args", None)
     if configure is not None:
         configure(parser)
     return parser, function
 
 
-def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, object] | str:
-    """Parse a full command line; a string result is text to print (help, version)."""
-    top = _top_parser()
-    ns = top.parse_args(list(argv))
-    if ns.version:
-        from hull import __version__
+class _Fallback(Exception):
+    """The quick parser cannot decide: argparse parses (and explains errors, help)."""
 
-        return f"hull version {__version__}"
-    if not ns.command:
-        return top.format_help()
-    found = find_verb(ns.command, ns.args)
+
+def _quick_top(argv: Sequence[str]) -> tuple[dict[str, object], list[str]]:
+    """Global flags before the command, without argparse; _Fallback on anything odd."""
+    opts: dict[str, object] = {"root": None, "runroot": None, "debug": False}
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):
+        token = rest.pop(0)
+        name, eq, value = token.partition("=")
+        if name in ("--root", "--runroot"):
+            if not eq:
+                if not rest:
+                    raise _Fallback
+                value = rest.pop(0)
+            opts[name[2:]] = value
+        elif token in ("-D", "--debug"):
+            opts["debug"] = True
+        else:
+            raise _Fallback  # --help, --version, a typo: argparse's words
+    if not rest:
+        raise _Fallback
+    return opts, rest
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, object] | str:
+    """Parse a full command line; a string result is text to print (help, version).
+
+    The common case goes without argparse: global flags by hand, then the verb's
+    own quick parser (NAME_quick_parse) when it has one; argparse takes over for
+    help, errors and every other verb.
+    """
+    try:
+        opts, rest = _quick_top(argv)
+        command, args_rest = rest[0], rest[1:]
+    except _Fallback:
+        top = _top_parser()
+        ns = top.parse_args(list(argv))
+        if ns.version:
+            from hull import __version__
+
+            return f"hull version {__version__}"
+        if not ns.command:
+            return top.format_help()
+        opts = {"root": ns.root, "runroot": ns.runroot, "debug": ns.debug}
+        command, args_rest = ns.command, ns.args
+    found = find_verb(command, args_rest)
     if isinstance(found, str):
         return found
-    parser, function = build_parser(found)
-    args = parser.parse_args(found.argv)
+    module, function_name = _verb_module(found)
+    quick = getattr(module, f"{function_name}_quick_parse", None)
+    args = quick(found.argv) if quick is not None else None
+    if args is None:
+        parser, _ = build_parser(found)
+        args = parser.parse_args(found.argv)
     from hull.paths import HullPaths
 
-    args.paths = HullPaths.from_env(ns.root, ns.runroot)
-    args.debug = ns.debug
-    return args, function
+    args.paths = HullPaths.from_env(opts["root"], opts["runroot"])  # type: ignore[arg-type]
+    args.debug = opts["debug"]
+    return args, getattr(module, function_name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(result or 0)
     except HullError as e:
         if debug:
+            import traceback
+
             traceback.print_exc()
         sys.stderr.write(f"hull: {e.message}\n")
         return e.exit_code
@@ -316,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except Exception:
         # A bug, not a user error: show where, keep Docker's engine-failure code.
+        import traceback
+
         traceback.print_exc()
         return 125
 

@@ -15,21 +15,21 @@ import fcntl
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from hull.engine.db import Database
 from hull.errors import ConfigError, NotFoundError, StateError
 from hull.oci.image import Descriptor, Manifest, chain_ids, parse_config, parse_manifest
 from hull.oci.reference import DEFAULT_TAG, Reference, parse_reference
 from hull.paths import HullPaths
+from hull.records import dataclass, field
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from hull.image.layers import LayerStore
     from hull.image.store import ContentStore
     from hull.oci.image import Platform
@@ -316,8 +316,9 @@ def parse_tag(text: str) -> Reference:
 
 # ---------------------------------------------------------------------- service
 
-# A hull.image.registry.progress.Progress, "auto" (bars on a tty) or None (silent).
-ProgressOption = Any
+if TYPE_CHECKING:
+    # A hull.image.registry.progress.Progress, "auto" (bars on a tty) or None (silent).
+    ProgressOption = Any
 
 
 class ImageService:
@@ -505,6 +506,8 @@ class ImageService:
         scratch_parent = self.paths.root / "tmp"
         scratch_parent.mkdir(parents=True, exist_ok=True)
         with self._writer_lock():
+            import tempfile
+
             with tempfile.TemporaryDirectory(dir=scratch_parent, prefix="bootstrap-") as scratch:
                 built = bootstrap.build(spec, self.store, Path(scratch))
             try:
@@ -770,6 +773,8 @@ def _sweep_scratch(scratch: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if entry.lstat().st_mtime < cutoff:
                 if entry.is_dir() and not entry.is_symlink():
+                    import shutil
+
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink()

@@ -20,11 +20,11 @@ import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from hull.errors import ConfigError, HullError, KernelError, NotFoundError, StateError
+from hull.records import dataclass, field, replace
 
 if TYPE_CHECKING:
     from hull.engine.containers import ContainerLayout, ContainerRecord, ContainerService

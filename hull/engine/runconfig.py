@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from dataclasses import dataclass, field
-from typing import Any
 
 from hull.errors import ConfigError
+from hull.records import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MOUNT_TYPES = ("bind", "volume", "tmpfs")
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")

@@ -15,7 +15,6 @@ import posixpath
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from hull.engine.runconfig import (
     MountSpec,
@@ -27,6 +26,10 @@ from hull.engine.runconfig import (
 from hull.engine.userdb import resolve_user
 from hull.errors import ConfigError
 from hull.oci.runtime_spec import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, OCI_VERSION
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where --init's binary appears in the container. Docker uses /sbin/docker-init; a

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hull.errors import ConfigError
+from hull.records import dataclass, field
 
 MAX_ID = 2147483647  # runc: uids and gids are int32 in the kernel ABI that matters
 

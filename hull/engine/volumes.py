@@ -8,15 +8,17 @@ or `rm -v`; a volume in use by any container cannot be removed.
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
+import os
 import time
 from pathlib import Path
-from typing import Any
 
 from hull.engine.db import Database
 from hull.errors import ConfigError, NotFoundError, StateError
 from hull.paths import HullPaths
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _check_name(name: str) -> None:
@@ -44,7 +46,7 @@ class VolumeService:
         self, name: str | None = None, labels: dict[str, str] | None = None, anonymous: bool = False
     ) -> dict[str, Any]:
         if name is None:
-            name = secrets.token_hex(32)
+            name = os.urandom(32).hex()  # not `secrets`: ~4 ms on `hull run`'s path
             anonymous = True
         _check_name(name)
         row = self.db.execute("SELECT * FROM volumes WHERE name = ?", (name,)).fetchone()
@@ -91,6 +93,8 @@ class VolumeService:
         if users and not force:
             raise StateError(f"volume {name} is in use by container(s) {', '.join(users)}")
         self.db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+        import shutil
+
         shutil.rmtree(self._dir(name).parent, ignore_errors=True)
 
     def remove_anonymous(self, names: list[str]) -> None:

@@ -50,16 +50,15 @@ from pathlib import Path
 from typing import IO, NoReturn, TypeVar, cast
 
 from hull.errors import ConfigError, HullError, NotFoundError, StateError
+from hull.image import layer_paths
 from hull.image.store import ContentError, ContentStore, fsync_dir
-from hull.oci.digest import DigestVerifier, parse_digest
+from hull.image.whiteout import OPAQUE_WHITEOUT, OPAQUE_XATTR, WHITEOUT_PREFIX
+from hull.oci.digest import DigestVerifier
 from hull.oci.image import LAYER_TYPES, Descriptor, chain_ids
 from hull.runtime.linux import syscalls
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_WHITEOUT = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
 _PAX_XATTR = "SCHILY.xattr."
 _CHUNK = 1 << 20
 _FEED_CHUNK = 256 * 1024  # blob bytes per feed() when unpacking from a file
@@ -878,14 +877,15 @@ class LayerStore:
     sharing a base layer never see it half-made.
     """
 
-    MARKER = "complete"
+    MARKER = layer_paths.MARKER
 
     def __init__(self, root: Path, store: ContentStore) -> None:
-        self.root = Path(root) / "layers"
+        self._base = Path(root)
+        self.root = self._base / "layers"
         self.store = store
 
     def _dir(self, chain_id: str) -> Path:
-        return self.root / parse_digest(chain_id)[1]
+        return layer_paths.layer_dir(self._base, chain_id)
 
     def has(self, chain_id: str) -> bool:
         return (self._dir(chain_id) / self.MARKER).is_file()

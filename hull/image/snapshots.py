@@ -9,18 +9,19 @@ dir back as changes and as a layer tar (whiteouts in their tar form), for
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
-import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from hull.errors import ConfigError, KernelError
-from hull.image.layers import OPAQUE_WHITEOUT, OPAQUE_XATTR, WHITEOUT_PREFIX
+from hull.image.whiteout import OPAQUE_WHITEOUT, OPAQUE_XATTR, WHITEOUT_PREFIX
+from hull.records import dataclass
 from hull.runtime.linux import syscalls
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _OVERLAY_PARAMS = Path("/sys/module/overlay/parameters")
@@ -179,6 +180,8 @@ class _HashingWriter:
     """Counts the diff ID of what tarfile writes."""
 
     def __init__(self, out: BinaryIO) -> None:
+        import hashlib
+
         self._out = out
         self.hash = hashlib.sha256()
 
@@ -190,6 +193,8 @@ class _HashingWriter:
 
 def tar_layer_from_upper(upper: Path, out: BinaryIO) -> str:
     """Write upper as an OCI layer tar (whiteouts in tar form) to out; return its diff ID."""
+    import tarfile
+
     writer = _HashingWriter(out)
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]

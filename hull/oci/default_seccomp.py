@@ -10,9 +10,12 @@ resolves those the way moby's setupSeccomp does. Pure data and logic, no I/O.
 from __future__ import annotations
 
 import copy
-import platform
+import os
 from collections.abc import Iterable
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Docker's default capability set (moby oci/caps/defaults.go), in the OCI form.
 DOCKER_DEFAULT_CAPS: tuple[str, ...] = (
@@ -259,7 +262,7 @@ _CONDITIONAL_RULES: tuple[dict[str, Any], ...] = (
 
 
 def _native_arch(machine: str | None) -> str:
-    machine = machine or platform.machine()
+    machine = machine or os.uname().machine  # what platform.machine() reads
     return _MACHINE_TO_NATIVE.get(machine, machine)
 
 

@@ -9,12 +9,15 @@ lists are accepted as the OCI formats they were the model for; schema1 is not.
 from __future__ import annotations
 
 import json
-import platform as _host
-from dataclasses import dataclass
-from typing import Any
+import os
 
 from hull.errors import ConfigError, NotFoundError
 from hull.oci.digest import parse_digest, sha256_digest
+from hull.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Media types (image-spec media-types.md; Docker's distribution manifest-v2-2.md).
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -137,7 +140,7 @@ def parse_platform(spec: str) -> Platform:
 
 def host_platform() -> Platform:
     """The platform of this machine: linux/amd64 on the usual build hosts."""
-    machine = _host.machine().lower()
+    machine = os.uname().machine.lower()  # what platform.machine() reads
     if machine.startswith("armv"):
         digits = "".join(ch for ch in machine[4:] if ch.isdigit())
         return Platform("linux", "arm", f"v{digits}" if digits else "v7")

@@ -11,9 +11,9 @@ which piece is wrong.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from hull.errors import ConfigError
+from hull.records import dataclass
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"

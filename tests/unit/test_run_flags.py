@@ -274,3 +274,46 @@ def test_network_flags(argv: list[str], expected: dict[str, object]) -> None:
 def test_network_flag_errors(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _run(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["busybox"],
+        ["-it", "--rm", "busybox", "ls", "-l", "-d"],
+        ["-dit", "--name=web", "-p8080:80", "-p", "9090:90/udp", "busybox", "sleep", "1"],
+        ["-e", "A=1", "-eB=2", "-e=C=3", "--env", "D", "-w", "/tmp", "-u", "1000:1000", "img"],
+        ["--memory-swap", "-1", "-m", "64m", "--pids-limit", "-1", "--cpus", "1.5", "img"],
+        ["--network", "host", "--isolation", "vm", "--pull", "never", "img", "--", "x"],
+        ["-h", "myhost", "--entrypoint", "", "--restart", "on-failure:3", "img"],
+        ["-v", "/a:/b:ro", "--mount", "type=tmpfs,target=/t", "--tmpfs", "/x", "img"],
+        ["--", "img", "cmd"],
+        ["--rm", "-", "cmd"],
+    ],
+)
+def test_quick_parse_agrees_with_argparse(argv: list[str]) -> None:
+    from hull.cli.run_flags import quick_parse
+
+    quick = quick_parse(list(argv))
+    assert quick is not None
+    assert vars(quick) == vars(_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # no IMAGE
+        ["--help"],
+        ["--detac", "img"],  # an abbreviation: argparse decides
+        ["--bogus", "img"],
+        ["--isolation", "kvm", "img"],  # a bad choice
+        ["--name"],  # a missing value
+        ["-e", "--rm", "img"],  # a value that looks like a flag
+        ["--rm=1", "img"],
+        ["-iZ", "img"],
+    ],
+)
+def test_quick_parse_leaves_odd_command_lines_to_argparse(argv: list[str]) -> None:
+    from hull.cli.run_flags import quick_parse
+
+    assert quick_parse(list(argv)) is None
