@@ -7,7 +7,8 @@ own is touched). The image is Hull's bootstrapped busybox, saved with
 `hull save` and loaded into podman, so both run the same bytes. Podman runs
 with runc (crun 1.8 refuses this host's hybrid cgroups) and with ulimits below
 the host's hard limits (its defaults ask for more than root may have here).
-docker is measured when a `docker` CLI can reach a running dockerd.
+docker is measured with a private dockerd (bench/peers.py) when Debian's
+docker.io is installed: its own data root and socket, no bridge, no iptables.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import private_dockerd  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 HULL = REPO / ".venv" / "bin" / "hull"
 
@@ -31,13 +35,6 @@ def hyperfine(commands: dict[str, str], runs: int, out: Path) -> dict[str, dict]
         args += ["-n", name, cmd]
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
     return {r["command"]: r for r in json.loads(out.read_text())["results"]}
-
-
-def docker_available() -> bool:
-    if not shutil.which("docker"):
-        return False
-    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=20)
-    return probe.returncode == 0
 
 
 def main() -> int:
@@ -68,20 +65,23 @@ def main() -> int:
             "podman": f"{podman} run --rm --network none --ulimit nofile=1024:1024"
             " --ulimit nproc=4096:4096 busybox true",
         }
-        if docker_available():
-            subprocess.run(["docker", "load", "-q", "-i", f"{base}/busybox.tar"], check=True)
-            commands["docker"] = "docker run --rm --network none busybox true"
-        try:
-            results = hyperfine(commands, opts.runs, base / "results.json")
-        finally:
-            subprocess.run(f"{podman} rm -af", shell=True, capture_output=True)
-            subprocess.run(f"{podman} system reset -f", shell=True, capture_output=True)
+        with private_dockerd(base) as docker_env:
+            if docker_env is not None:
+                sock = docker_env["DOCKER_HOST"]
+                subprocess.run(["docker", "-H", sock, "load", "-q", "-i", f"{base}/busybox.tar"],
+                               check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+                commands["docker"] = f"docker -H {sock} run --rm --network none busybox true"
+            try:
+                results = hyperfine(commands, opts.runs, base / "results.json")
+            finally:
+                subprocess.run(f"{podman} rm -af", shell=True, capture_output=True)
+                subprocess.run(f"{podman} system reset -f", shell=True, capture_output=True)
     peer = results["podman"]["median"]
     print(f"run --rm busybox true, --network none, {opts.runs} runs each (median, vs podman)")
     for name, r in results.items():
         print(f"  {name:<8}{r['median'] * 1000:>8.1f} ms {r['median'] / peer:>7.2f}x")
     if "docker" not in results:
-        print("  docker   not measured: no running dockerd reachable from this host")
+        print("  docker   not measured (see above)")
     ratio = results["hull"]["median"] / peer
     print(f"target: hull <= 0.25x podman: {'met' if ratio <= 0.25 else 'NOT met'} ({ratio:.2f}x)")
     return 0

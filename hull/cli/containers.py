@@ -83,23 +83,28 @@ def run(args: argparse.Namespace) -> int:
     from hull.cli.run_flags import run_config_from_args
 
     config = run_config_from_args(args)
-    with _service(args) as service:
-        record = service.create(config)
-        if config.isolation == "vm":
-            return service.run_vm(record.id)
-        if config.detach:
-            try:
-                service.start(record.id)
-            except HullError:
-                if config.rm:
-                    service.remove(record.id, force=True, volumes=True)
-                raise
-            print(record.id)
-            return 0
-        if config.rm and not config.tty:
-            # Nothing outlives a foreground --rm run: no shim, the runtime in-process.
-            return service.run_foreground(record.id, interactive=config.interactive)
-        return _run_attached(service, record, config)
+    # Not closed: the process exits next, and closing the last connection
+    # checkpoints the WAL with an fsync (1-30 ms of every `hull run`); the next
+    # writer's autocheckpoint folds it in instead.
+    service = _service(args)
+    record = service.create(config)
+    if config.isolation == "vm" and not config.detach:
+        if config.mounts:  # virtiofs needs the supervised VM (hull.vm.supervisor)
+            return _run_attached(service, record, config)
+        return service.run_vm(record.id)
+    if config.detach:
+        try:
+            service.start(record.id)
+        except HullError:
+            if config.rm:
+                service.remove(record.id, force=True, volumes=True)
+            raise
+        print(record.id)
+        return 0
+    if config.rm and not config.tty:
+        # Nothing outlives a foreground --rm run: no shim, the runtime in-process.
+        return service.run_foreground(record.id, interactive=config.interactive)
+    return _run_attached(service, record, config)
 
 
 def _run_attached(service: ContainerService, record: ContainerRecord, config) -> int:
