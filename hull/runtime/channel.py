@@ -33,7 +33,8 @@ class Channel:
     def send(self, kind: str, payload: str = "") -> None:
         line = (kind + (" " + payload.replace("\n", " ") if payload else "") + "\n").encode()
         try:
-            os.write(self.wfd, line)
+            while line:  # a payload above the pipe's buffer may be written in parts
+                line = line[os.write(self.wfd, line) :]
         except BrokenPipeError:
             raise ChannelClosed() from None
 

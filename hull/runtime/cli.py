@@ -50,6 +50,9 @@ VERBS = {
     "spec": "spec",
     "features": "features",
 }
+# Verbs that start a container: their stage 1 is forked before anything else is
+# imported, so it loads ctypes and the init modules while we read the config.
+PREFORK_VERBS = ("create", "run")
 
 USAGE = """usage: hull-runtime [global options] COMMAND [options] [args]
 
@@ -73,10 +76,12 @@ Global options:
 class Context:
     """Global options shared by every verb."""
 
-    def __init__(self, opts: dict) -> None:
+    def __init__(self, opts: dict, stage1_worker=None) -> None:
         from hull.runtime.state import DEFAULT_ROOT
 
         self.root: str = opts.get("root") or DEFAULT_ROOT
+        # init.Stage1Worker for create/run (see PREFORK_VERBS); they hand it to create().
+        self.stage1_worker = stage1_worker
         self.log_path: str | None = opts.get("log")
         self.log_format: str = opts.get("log_format") or "text"
         self.debug: bool = bool(opts.get("debug"))
@@ -157,6 +162,7 @@ def parse_flags(argv: list[str], flags: Flags, stop_after: int = 0):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ctx = None
+    worker = None
     try:
         gopts, rest = parse_flags(argv, GLOBAL_FLAGS, stop_after=1)
         if gopts.get("version"):
@@ -165,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         if gopts.get("help") or not rest:
             print(USAGE.format(spec=SPEC_VERSION), end="")
             return 0 if gopts.get("help") else 2
-        ctx = Context(gopts)
         verb, verb_args = rest[0], rest[1:]
+        if verb in PREFORK_VERBS and "--help" not in verb_args:
+            from hull.runtime.init import prefork
+
+            worker = prefork()
+        ctx = Context(gopts, worker)
         module_name = VERBS.get(verb)
         if module_name is None:
             raise ConfigError(f"unknown command {verb!r} (see hull-runtime --help)")
@@ -184,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(ctx, f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
     except KeyboardInterrupt:
         return 130
+    finally:
+        if worker is not None:
+            worker.discard()  # a no-op once create() took it
 
 
 def _fail(ctx: Context | None, message: str) -> int:

@@ -13,7 +13,7 @@ from hull.errors import ConfigError, NotFoundError, StateError
 from hull.oci import runtime_spec
 from hull.runtime import fastjson
 from hull.runtime.channel import Channel, ChannelClosed, ChildError
-from hull.runtime.init import InitRequest, child_main, flush_stdio, stage1
+from hull.runtime.init import InitRequest, Stage1Worker, child_main, flush_stdio, stage1
 from hull.runtime.state import (
     CREATED,
     PAUSED,
@@ -51,7 +51,7 @@ def load_config(bundle: str) -> dict:
 def _cgroup(state: ContainerState):
     from hull.runtime.linux.cgroups import manager_for
 
-    return manager_for(state.data.get("cgroup_path"), state.id)
+    return manager_for(state.data.get("cgroup_path"), state.id, mounts=state.cgroup_mounts)
 
 
 def _check_host_support(config: dict, namespaces: dict[str, str | None]) -> None:
@@ -87,6 +87,12 @@ def state_json(state: ContainerState, status: str | None = None) -> str:
     return fastjson.dumps(data)
 
 
+def run_state_hooks(config: dict, kind: str, state: ContainerState, status: str) -> None:
+    """Hooks of one kind; the state JSON (a /proc read, a freezer read) only when any exist."""
+    if (config.get("hooks") or {}).get(kind):
+        run_runtime_hooks(config, (kind,), state_json(state, status))
+
+
 def run_runtime_hooks(config: dict, kinds: tuple[str, ...], state_str: str) -> None:
     hooks = config.get("hooks") or {}
     if any(hooks.get(k) for k in kinds):
@@ -107,13 +113,14 @@ def create(
     preserve_fds: int = 0,
     console_fd: int | None = None,
     config: dict | None = None,
+    stage1_worker: Stage1Worker | None = None,
 ) -> tuple[ContainerState, Channel]:
     """Set up the container and leave its process waiting for start.
 
     config: the bundle's config.json when the caller already loaded it (run).
+    stage1_worker: a stage 1 forked early by the caller (init.prefork); used
+    unless a console fd must be handed down, and reaped here once taken.
     """
-    from hull.runtime.linux.cgroups import V2Manager, manager_for
-
     bundle = os.path.abspath(bundle)
     if config is None:
         config = load_config(bundle)
@@ -137,9 +144,9 @@ def create(
             "cgroup_path": linux.get("cgroupsPath") or f"/hull/{container_id}",
         },
     )
-    cg = manager_for(state.data["cgroup_path"], container_id)
     stage1_pid = init_pid = 0
     chan: Channel | None = None
+    cg = None
     try:
         if process.get("terminal") and console_socket:
             console_fd = _connect_console(console_socket)
@@ -149,43 +156,57 @@ def create(
             bundle=bundle,
             state_dir=state.dir,
             namespaces=namespaces,
-            cgroup_paths=_cgroup_mount_names(cg, isinstance(cg, V2Manager)),
-            cgroup_v2=isinstance(cg, V2Manager),
             console_fd=console_fd,
             no_pivot=no_pivot,
             wait_fifo=not run_mode,
             preserve_fds=preserve_fds,
             hooks_in_init=any((config.get("hooks") or {}).get(k) for k in _INIT_HOOKS),
-            cgroup_self_join=cg.self_join_files(),
-            cgroup_wait_go=isinstance(cg, V2Manager),
         )
-        chan, child_chan = Channel.pair()
-        flush_stdio()
-        stage1_pid = os.fork()
-        if stage1_pid == 0:
-            chan.close()
-            if console_fd is not None:
-                os.set_inheritable(console_fd, True)
-            child_main(stage1, child_chan, req)
-        child_chan.close()
-        from hull.runtime.linux import syscalls as sc
-
-        # Subreaper before stage 1 exits, so PID 1 becomes our child (run waits for it).
-        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        if (
+            stage1_worker is not None
+            and console_fd is None
+            and stage1_worker.usable_for(namespaces)
+        ):
+            pid1 = stage1_worker.pid1
+            stage1_pid, chan = stage1_worker.take()
+            if pid1:  # the worker is the container's init: no stage 1 of its own
+                stage1_pid, init_pid = 0, stage1_pid
+                state.data["pid"] = init_pid
+                state.data["pid_start"] = proc_start_time(init_pid)
+            chan.send("req", req.to_json())
+        else:
+            if stage1_worker is not None:
+                stage1_worker.discard()  # no console fd for it, or the wrong pid ns
+            chan, child_chan = Channel.pair()
+            flush_stdio()
+            stage1_pid = os.fork()
+            if stage1_pid == 0:
+                chan.close()
+                if console_fd is not None:
+                    os.set_inheritable(console_fd, True)
+                child_main(stage1, child_chan, req)
+            child_chan.close()
+        # No ctypes here: stage 1 forks PID 1 as our child (CLONE_PARENT).
         if console_fd is not None:
             os.close(console_fd)
             console_fd = None
-        # Stage 1 imports and unshares while we make the cgroup; it joins on "go".
+        # Stage 1 unshares and mounts while we make the cgroup; "go" tells it where.
+        from hull.runtime.linux.cgroups import manager_for
+
+        cg = manager_for(state.data["cgroup_path"], container_id)
+        state.cgroup_mounts = cg.mounts
+        v2 = cg.layout == "v2"
         resources = runtime_spec.effective_resources(config)
         cg.create(resources)
         if resources:
             cg.set(resources)
         if not run_mode:
             os.mkfifo(state.fifo, 0o622)
-        state.save()
-        if req.cgroup_wait_go:
-            cg.apply(stage1_pid)
-        chan.send("go")
+        if v2:
+            cg.apply(stage1_pid or init_pid)
+        go = {"paths": _cgroup_mount_names(cg, v2), "v2": v2, "self_join": cg.self_join_files()}
+        chan.send("go", fastjson.dumps(go))
+        state.save()  # "creating", while stage 1 joins and forks PID 1
         while True:
             kind, payload = chan.recv()
             if kind == "userns":
@@ -194,9 +215,7 @@ def create(
                 write_id_maps(stage1_pid, linux["uidMappings"], linux["gidMappings"])
                 chan.send("ok")
             elif kind == "pid":
-                init_pid = int(payload)
-                os.waitpid(stage1_pid, 0)
-                stage1_pid = 0
+                init_pid = int(payload)  # stage 1 is reaped once PID 1 is ready
                 state.data["pid"] = init_pid
                 state.data["pid_start"] = proc_start_time(init_pid)
             elif kind == "hooks":
@@ -207,8 +226,12 @@ def create(
                 break
             elif kind == "error":
                 raise ChildError(payload)
+        if stage1_pid:
+            os.waitpid(stage1_pid, 0)
+            stage1_pid = 0
         state.data["status"] = CREATED
-        state.save()
+        if not run_mode:
+            state.save()  # run saves it right after "start", off the critical path
         if pid_file:
             write_pid_file(pid_file, init_pid)
         if not run_mode:
@@ -243,9 +266,7 @@ def late_join(cg: CgroupManager, pid: int, background: bool = False) -> None:
     `create` leaves that wait to a forked child it does not wait for, a
     foreground `run` skips it, as it would delay a short-lived container's exit.
     """
-    from hull.runtime.linux.cgroups import V2Manager
-
-    if isinstance(cg, V2Manager):
+    if cg.layout == "v2":
         return
     dirs = cg.late_join_dirs()
     if not dirs:
@@ -278,7 +299,8 @@ def _connect_console(path: str) -> int:
 
 
 def _abort(state, cg, chan, stage1_pid: int, init_pid: int) -> None:
-    """Undo a failed create: kill the children, drop the cgroup and state dir."""
+    """Undo a failed create: kill the children, drop the cgroup (cg: None when it
+    was not made yet) and state dir."""
     for pid in (init_pid, stage1_pid):
         if pid:
             try:
@@ -290,12 +312,13 @@ def _abort(state, cg, chan, stage1_pid: int, init_pid: int) -> None:
             _reap(pid)
     if chan is not None:
         chan.close()
-    try:
-        for pid in cg.pids():
-            os.kill(pid, 9)
-    except OSError:
-        pass
-    cg.destroy()
+    if cg is not None:
+        try:
+            for pid in cg.pids():
+                os.kill(pid, 9)
+        except OSError:
+            pass
+        cg.destroy()
     state.data["status"] = STOPPED
     StateStore(os.path.dirname(state.dir)).remove(state.id)
 
@@ -336,8 +359,7 @@ def start(store: StateStore, container_id: str) -> None:
     finally:
         os.close(fd)
     os.unlink(state.fifo)
-    config = _config_of(state)
-    run_runtime_hooks(config, ("poststart",), state_json(state, RUNNING))
+    run_state_hooks(_config_of(state), "poststart", state, RUNNING)
 
 
 def _config_of(state: ContainerState) -> dict:
@@ -357,8 +379,14 @@ def run(
     no_pivot: bool = False,
     preserve_fds: int = 0,
     keep: bool = False,
+    on_created=None,
+    stage1_worker: Stage1Worker | None = None,
 ) -> int:
-    """create + start; in the foreground, wait and return the exit code."""
+    """create + start; in the foreground, wait and return the exit code.
+
+    on_created(state), when given, runs once the container exists and before it
+    starts: the engine records the pid there when it runs a container in-process.
+    """
     import _signal
 
     config = load_config(os.path.abspath(bundle))
@@ -381,12 +409,20 @@ def run(
             preserve_fds=preserve_fds,
             console_fd=console_fd,
             config=config,
+            stage1_worker=stage1_worker,
         )
     except BaseException:
         if tty_sock is not None:
             os.close(tty_sock)
         raise
     pid = state.pid
+    if on_created is not None:
+        try:
+            on_created(state)
+        except BaseException:
+            chan.close()
+            destroy(store, state)
+            raise
     master = None
     if tty_sock is not None:
         from hull.runtime.tty import receive_master
@@ -396,6 +432,12 @@ def run(
         for signum in FORWARDED_SIGNALS:
             _signal.signal(signum, lambda s, _f: _forward(pid, s))
     chan.send("start")
+    try:
+        state.save()  # "created": from now on the status is derived (running, stopped)
+    except BaseException:
+        chan.close()
+        destroy(store, state, config)
+        raise
     if detach:
         late_join(_cgroup(state), pid)
     exec_error = None
@@ -407,12 +449,11 @@ def run(
         pass
     chan.close()
     if exec_error is None:
-        config = _config_of(state)
-        run_runtime_hooks(config, ("poststart",), state_json(state, RUNNING))
+        run_state_hooks(config, "poststart", state, RUNNING)
     if detach:
         if exec_error is not None:
             _reap(pid)
-            destroy(store, state)
+            destroy(store, state, config)
             raise StateError(exec_error)
         return 0
     if master is not None:
@@ -423,7 +464,7 @@ def run(
     if exec_error is not None:
         os.write(2, f"hull-runtime: {exec_error}\n".encode())
     if not keep:
-        destroy(store, state)
+        destroy(store, state, config)
     return code
 
 
@@ -435,7 +476,7 @@ def _forward(pid: int, signum: int) -> None:
 
 
 def wait_exit(pid: int) -> int:
-    """Wait for our (subreaped) child; 128+N for a signal, as shells report it."""
+    """Wait for our child (stage 1 forked it with CLONE_PARENT); 128+N for a signal."""
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
@@ -471,8 +512,11 @@ def delete(store: StateStore, container_id: str, force: bool = False) -> None:
     destroy(store, state)
 
 
-def destroy(store: StateStore, state: ContainerState) -> None:
-    """Kill what is left, remove the cgroup, run poststop hooks, drop the state."""
+def destroy(store: StateStore, state: ContainerState, config: dict | None = None) -> None:
+    """Kill what is left, remove the cgroup, run poststop hooks, drop the state.
+
+    config: the bundle's config when the caller has it (run), else it is read.
+    """
     cg = _cgroup(state)
     if state.alive():
         try:
@@ -494,6 +538,5 @@ def destroy(store: StateStore, state: ContainerState) -> None:
             break
         time.sleep(0.005)
     cg.destroy()
-    config = _config_of(state)
-    run_runtime_hooks(config, ("poststop",), state_json(state, STOPPED))
+    run_state_hooks(_config_of(state) if config is None else config, "poststop", state, STOPPED)
     store.remove(state.id)

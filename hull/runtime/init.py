@@ -4,9 +4,10 @@
                       exits after reporting stage 2's pid           mounts, pivot_root,
                                                                     waits for `start`, exec
 
-The runtime is a child subreaper, so stage 2 is reparented to it (and can be
-waited for) once stage 1 exits; after `create` returns it is reparented to the
-caller's subreaper, as with runc under containerd's shim.
+Stage 1 forks stage 2 with CLONE_PARENT, so stage 2 is the runtime's own child
+(and can be waited for) without the runtime becoming a child subreaper; after
+`create` returns it is reparented to the caller's subreaper, as with runc under
+containerd's shim.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import sys
 
 from hull.errors import HullError
-from hull.runtime.channel import Channel
+from hull.runtime.channel import Channel, ChannelClosed
 
 # hull.runtime.linux.syscalls (ctypes, ~2 ms to import) is imported by the
 # children, after the fork: the parent makes the cgroup in parallel meanwhile.
@@ -23,6 +24,8 @@ from hull.runtime.channel import Channel
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing imports cost start-up time: only for mypy
     from collections.abc import Callable
+
+    from hull.runtime.linux.rootfs import RootfsBuilder
 
 
 class InitRequest:
@@ -34,15 +37,11 @@ class InitRequest:
         "bundle",
         "state_dir",
         "namespaces",
-        "cgroup_paths",
-        "cgroup_v2",
         "console_fd",
         "no_pivot",
         "wait_fifo",
         "preserve_fds",
         "hooks_in_init",
-        "cgroup_self_join",
-        "cgroup_wait_go",
     )
 
     def __init__(
@@ -52,30 +51,161 @@ class InitRequest:
         bundle: str,
         state_dir: str,
         namespaces: dict[str, str | None],
-        cgroup_paths: dict[str, str],
-        cgroup_v2: bool,
         console_fd: int | None,
         no_pivot: bool,
         wait_fifo: bool,
         preserve_fds: int,
         hooks_in_init: bool,
-        cgroup_self_join: list[str],
-        cgroup_wait_go: bool,
     ) -> None:
         self.config = config
         self.rootfs = rootfs
         self.bundle = bundle
         self.state_dir = state_dir
         self.namespaces = namespaces
-        self.cgroup_paths = cgroup_paths
-        self.cgroup_v2 = cgroup_v2
         self.console_fd = console_fd
         self.no_pivot = no_pivot
         self.wait_fifo = wait_fifo
         self.preserve_fds = preserve_fds
         self.hooks_in_init = hooks_in_init
-        self.cgroup_self_join = cgroup_self_join
-        self.cgroup_wait_go = cgroup_wait_go
+
+    def to_json(self) -> str:
+        """For a stage 1 forked before the request existed (see prefork)."""
+        from hull.runtime import fastjson
+
+        return fastjson.dumps({name: getattr(self, name) for name in self.__slots__})
+
+    @classmethod
+    def from_json(cls, text: str) -> InitRequest:
+        from hull.runtime import fastjson
+
+        return cls(**fastjson.loads(text))
+
+
+class Stage1Worker:
+    """A stage 1 forked at the start of `hull-runtime run`/`create`, before the config
+    is read: it imports ctypes and the init modules (about 4 ms) while the runtime
+    reads the config, then gets its InitRequest over the channel instead of at fork.
+
+    pid1: it was forked into a new pid namespace (linux.pidns): it is PID 1
+    already, so for a config that asks for just that it becomes the container's
+    init itself, without stage 1's second fork (see usable_for).
+
+    Not a zygote: it belongs to this one invocation and runs this one container
+    (or exits when the runtime does not use it). create() takes it over; the
+    owner calls discard() afterwards in any case.
+    """
+
+    __slots__ = ("pid", "chan", "pid1")
+
+    def __init__(self, pid: int, chan: Channel, pid1: bool = False) -> None:
+        self.pid = pid
+        self.chan = chan
+        self.pid1 = pid1
+
+    def usable_for(self, namespaces: dict[str, str | None]) -> bool:
+        """A PID 1 worker fits a new pid namespace without a user namespace (which
+        must own the pid namespace) or a time namespace (which, like a pid
+        namespace, only a child enters); a plain one fits any config."""
+        if not self.pid1:
+            return True
+        return (
+            "pid" in namespaces
+            and namespaces["pid"] is None
+            and "user" not in namespaces
+            and "time" not in namespaces
+        )
+
+    def take(self) -> tuple[int, Channel]:
+        """Hand the process and its channel to create(), which reaps it."""
+        pid, chan = self.pid, self.chan
+        self.pid = 0
+        return pid, chan
+
+    def discard(self) -> None:
+        """Unused: closing the channel makes it exit; reap it."""
+        if not self.pid:
+            return
+        self.chan.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self.pid = 0
+
+
+def prefork() -> Stage1Worker:
+    """Fork a stage 1 that waits for its request (holds no fd but stdio and the channel),
+    as PID 1 of a new pid namespace when the kernel lets us."""
+    chan, child_chan = Channel.pair()
+    flush_stdio()
+    cpus = os.sched_getaffinity(0)
+    pid1 = True
+    try:
+        from hull.runtime.linux.pidns import fork_pid1
+
+        pid = fork_pid1()
+    except OSError:
+        pid1 = False
+        pid = os.fork()
+    if pid == 0:
+        chan.close()
+        _worker_main(child_chan, pid1, cpus)
+    child_chan.close()
+    _start_elsewhere(pid, cpus)
+    return Stage1Worker(pid, chan, pid1)
+
+
+def _start_elsewhere(pid: int, cpus: set[int]) -> None:
+    """Move the new worker off our CPU, so that it starts now, not when we yield.
+
+    We go on importing at once; a fork child queued behind a busy parent waits
+    for the load balancer (1-3 ms measured here), and stage 1 is what the
+    container's start waits for. The worker restores the full set (see
+    _worker_main) once its request came, i.e. after this call.
+    """
+    if len(cpus) < 2:
+        return
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            here = int(f.read().rsplit(b")", 1)[1].split()[36])  # field 39: processor
+        others = cpus - {here}
+        if others:
+            os.sched_setaffinity(pid, others)
+    except (OSError, ValueError, IndexError):
+        pass  # only an optimization
+
+
+def _worker_main(chan: Channel, pid1: bool, cpus: set[int]) -> None:
+    """Preload, wait for the request, then be stage 1 (or, as PID 1 already, the
+    container's init); exit quietly when not used."""
+    try:
+        from hull.runtime.linux import syscalls as sc
+
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        _preload_init_modules()
+        kind, payload = chan.recv()
+        if kind != "req":
+            raise ChannelClosed()
+        req = InitRequest.from_json(payload)
+        os.sched_setaffinity(0, cpus)  # the runtime's CPUs again: the container inherits them
+    except BaseException:  # noqa: BLE001 - unused or interrupted: the runtime reports
+        os._exit(0)
+    child_main(stage1, chan, req, pid1)
+
+
+def _preload_init_modules() -> None:
+    """What stage 1 needs up to its mounts, loaded while the host's files are visible."""
+    import hull.runtime.linux.namespaces  # noqa: F401
+    import hull.runtime.linux.rootfs  # noqa: F401
+    import hull.runtime.process  # noqa: F401
+
+
+def _preload_late_modules() -> None:
+    """What the steps after "go" need: loaded while the parent makes the cgroup."""
+    import hull.runtime.linux.capabilities  # noqa: F401
+    import hull.runtime.linux.mountattr  # noqa: F401
+    import hull.runtime.linux.rlimits  # noqa: F401
+    import hull.runtime.linux.sibling  # noqa: F401
 
 
 def child_main(fn: Callable[..., None], chan: Channel, *args: object) -> None:
@@ -117,8 +247,12 @@ def _report(chan: Channel, message: str) -> None:
         pass
 
 
-def stage1(chan: Channel, req: InitRequest) -> None:
-    """Enter or create namespaces, then fork PID 1 of the new pid namespace."""
+def stage1(chan: Channel, req: InitRequest, pid1: bool = False) -> None:
+    """Enter or create namespaces, then fork PID 1 of the new pid namespace.
+
+    pid1: we are PID 1 of the container's new pid namespace already (a worker
+    forked by linux.pidns, see Stage1Worker.usable_for): go on as stage 2.
+    """
     from hull.runtime.linux import namespaces as ns
     from hull.runtime.linux import syscalls as sc
 
@@ -127,17 +261,14 @@ def stage1(chan: Channel, req: InitRequest) -> None:
     # The parent makes the cgroup meanwhile and says "go" when it exists (v2:
     # once it moved us in). Import and unshare in the meantime; join before
     # the cgroup namespace (its root is our cgroup) and the fork.
-    import hull.runtime.linux.rootfs  # noqa: F401
-    import hull.runtime.process  # noqa: F401
+    _preload_init_modules()
 
-    joined = False
+    cgroup: dict | None = None  # from "go": where the parent made our cgroup
     opened = ns.open_paths(namespaces)
     if "user" in namespaces:
         # Join while our credentials are still the host's; the id-map
         # exchange below must not cross "go".
-        chan.expect("go")
-        _join_cgroup(req)
-        joined = True
+        cgroup = _join_cgroup(chan)
         ns.join([o for o in opened if o[0] == "user"])
         if namespaces["user"] is None:
             sc.unshare(sc.CLONE_NEWUSER)
@@ -146,7 +277,9 @@ def stage1(chan: Channel, req: InitRequest) -> None:
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
     ns.join([o for o in opened if o[0] not in ("user", "cgroup")])
-    flags = ns.new_flags(namespaces, exclude=("user", "cgroup"))
+    flags = ns.new_flags(
+        namespaces, exclude=("user", "cgroup", "pid") if pid1 else ("user", "cgroup")
+    )
     if flags:
         try:
             sc.unshare(flags)
@@ -154,25 +287,52 @@ def stage1(chan: Channel, req: InitRequest) -> None:
             raise HullError(f"cannot create namespaces: {err.strerror}") from None
     if namespaces.get("time", "x") is None:
         ns.write_time_offsets((req.config.get("linux") or {}).get("timeOffsets") or {})
-    if not joined:
-        chan.expect("go")
-        _join_cgroup(req)
+    # While the parent still makes the cgroup: compile seccomp and make the mounts
+    # that need neither PID 1 nor the cgroup. PID 1 inherits both (it shares our
+    # mount namespace) and finishes the rootfs.
+    from hull.runtime.process import preload
+
+    seccomp_filter = preload(req.config["process"], req.config.get("linux") or {})
+    builder = None
+    if "mount" in namespaces:
+        from hull.runtime.linux.rootfs import RootfsBuilder
+
+        builder = RootfsBuilder(req.config, req.rootfs, req.bundle, {}, False, "user" in namespaces)
+        builder.prepare_early(pid1)
+    _preload_late_modules()
+    if cgroup is None:
+        cgroup = _join_cgroup(chan)
+    if builder is not None:
+        builder.cgroup_paths, builder.cgroup_v2 = cgroup["paths"], cgroup["v2"]
     ns.join([o for o in opened if o[0] == "cgroup"])
     if "cgroup" in namespaces and namespaces["cgroup"] is None:
         try:
             sc.unshare(sc.CLONE_NEWCGROUP)
         except OSError as err:
             raise HullError(f"cannot create the cgroup namespace: {err.strerror}") from None
-    pid = os.fork()
+    if pid1:
+        stage2(chan, req, seccomp_filter, builder)  # execs the container's process
+        return
+    from hull.runtime.linux.sibling import fork_sibling
+
+    pid = fork_sibling()  # the runtime's child, not ours: it waits for it directly
     if pid == 0:
-        child_main(stage2, chan, req)
+        child_main(stage2, chan, req, seccomp_filter, builder)
     chan.send("pid", str(pid))
 
 
-def _join_cgroup(req: InitRequest) -> None:
-    """cgroup v1: write "0" to each `tasks` file ourselves. A thread moving itself
-    skips the grace period (2-22 ms here) that moving another process waits for."""
-    for tasks in req.cgroup_self_join:
+def _join_cgroup(chan: Channel) -> dict:
+    """Wait for "go" and its cgroup: {"paths": name -> host dir for the cgroup mount,
+    "v2": bool, "self_join": [tasks files]}.
+
+    cgroup v1: write "0" to each `tasks` file ourselves. A thread moving itself
+    skips the grace period (2-22 ms here) that moving another process waits for.
+    (v2: the parent moved us before "go".)
+    """
+    from hull.runtime import fastjson
+
+    cgroup: dict = fastjson.loads(chan.expect("go"))
+    for tasks in cgroup["self_join"]:
         fd = os.open(tasks, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, b"0")
@@ -182,17 +342,26 @@ def _join_cgroup(req: InitRequest) -> None:
             ) from None
         finally:
             os.close(fd)
+    return cgroup
 
 
-def stage2(chan: Channel, req: InitRequest) -> None:
-    """PID 1: build the root filesystem, wait for start, exec the process."""
+def stage2(
+    chan: Channel,
+    req: InitRequest,
+    seccomp_filter: object = None,
+    builder: RootfsBuilder | None = None,
+) -> None:
+    """PID 1: finish the root filesystem, wait for start, exec the process.
+
+    seccomp_filter: compiled by stage 1 (process.preload), loaded just before exec.
+    builder: the rootfs stage 1 began in the mount namespace we share with it.
+    """
     from hull.runtime.linux import rootfs as rootfs_mod
     from hull.runtime.linux import syscalls as sc
 
     config: dict = req.config
     namespaces: dict[str, str | None] = req.namespaces
     process = config["process"]
-    linux = config.get("linux") or {}
     os.setsid()
     if process.get("oomScoreAdj") is not None:
         try:
@@ -203,20 +372,11 @@ def stage2(chan: Channel, req: InitRequest) -> None:
     fifo_dir = -1
     if req.wait_fifo:
         fifo_dir = os.open(req.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    if "mount" in namespaces:
-        builder = rootfs_mod.RootfsBuilder(
-            config,
-            req.rootfs,
-            req.bundle,
-            req.cgroup_paths,
-            bool(req.cgroup_v2),
-            "user" in namespaces,
-        )
-        builder.prepare()
+    if builder is not None:
+        builder.prepare_rest()
         builder.close()
-    from hull.runtime.process import finalize_and_exec, preload
+    from hull.runtime.process import exec_prepared, prepare_exec, unprivileged_ahead
 
-    seccomp_filter = preload(process, linux)
     hook_state = ""
     if req.hooks_in_init:
         import hull.runtime.hooks  # noqa: F401  (startContainer hooks run after pivot_root)
@@ -243,6 +403,12 @@ def stage2(chan: Channel, req: InitRequest) -> None:
 
         setup_console(process, req.console_fd)
     chan.send("ready")
+    prepared = None
+    start_hooks = req.hooks_in_init and (config.get("hooks") or {}).get("startContainer")
+    if not req.wait_fifo and not start_hooks and unprivileged_ahead(process, seccomp_filter):
+        # `run`: drop privileges while the parent records the container, as runc's
+        # init does before it waits (create's fifo needs them: it waits first).
+        prepared = prepare_exec(process, seccomp_filter)
     if req.wait_fifo:
         # Blocks until `start` opens the fifo for reading (runtime-spec "start").
         fd = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=fifo_dir)
@@ -253,7 +419,9 @@ def stage2(chan: Channel, req: InitRequest) -> None:
         chan.expect("start")
     if req.hooks_in_init:
         _run_hooks(config, "startContainer", hook_state)
-    finalize_and_exec(process, seccomp_filter, req.preserve_fds or 0)
+    if prepared is None:
+        prepared = prepare_exec(process, seccomp_filter)
+    exec_prepared(prepared, req.preserve_fds or 0)
 
 
 def _run_hooks(config: dict, kind: str, state_json: str) -> None:

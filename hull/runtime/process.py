@@ -71,14 +71,24 @@ def find_executable(name: str, path_var: str) -> str:
 
 
 def home_of(uid: int) -> str:
+    """HOME from the container's /etc/passwd (raw reads: no text-file machinery)."""
     try:
-        with open("/etc/passwd") as f:
-            for line in f:
-                fields = line.rstrip("\n").split(":")
-                if len(fields) >= 6 and fields[2] == str(uid):
-                    return fields[5]
+        fd = os.open("/etc/passwd", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        pass
+        return "/"
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return "/"
+    finally:
+        os.close(fd)
+    wanted = str(uid).encode()
+    for line in b"".join(chunks).splitlines():
+        fields = line.split(b":")
+        if len(fields) >= 6 and fields[2] == wanted:
+            return os.fsdecode(fields[5])
     return "/"
 
 
@@ -118,6 +128,31 @@ def setup_console(process: dict, console_fd: int, bind_console: bool = True) -> 
 
 def finalize_and_exec(process: dict, seccomp_filter, preserve_fds: int = 0) -> None:
     """Drop privileges as the spec says and exec the container's process."""
+    exec_prepared(prepare_exec(process, seccomp_filter), preserve_fds)
+
+
+class PreparedExec:
+    """What prepare_exec() leaves for the moment of execve."""
+
+    __slots__ = ("path", "args", "env", "seccomp_filter")
+
+    def __init__(self, path: str, args: list[str], env: dict[str, str], seccomp_filter) -> None:
+        self.path = path
+        self.args = args
+        self.env = env
+        self.seccomp_filter = seccomp_filter  # still to load, or None
+
+
+def unprivileged_ahead(process: dict, seccomp_filter) -> bool:
+    """True when prepare_exec() loads no seccomp filter: then it may run before the
+    container is started (as runc's init does), leaving only the filter, fd
+    closing and execve for after."""
+    return seccomp_filter is None or bool(process.get("noNewPrivileges"))
+
+
+def prepare_exec(process: dict, seccomp_filter) -> PreparedExec:
+    """Everything up to execve but no_new_privs' seccomp filter: rlimits, cwd, the
+    executable, HOME, bounding set, user and groups, capabilities, no_new_privs."""
     from hull.runtime.linux import capabilities, rlimits
 
     env = env_dict(process.get("env") or [])
@@ -137,9 +172,9 @@ def finalize_and_exec(process: dict, seccomp_filter, preserve_fds: int = 0) -> N
 
     # Without no_new_privs only a CAP_SYS_ADMIN holder may install a filter,
     # so it goes in before capabilities are dropped (as runc does).
-    seccomp_early = seccomp_filter is not None and not nnp
-    if seccomp_early:
+    if seccomp_filter is not None and not nnp:
         seccomp_filter.load()
+        seccomp_filter = None
     capabilities.drop_bounding(caps)
     sc.prctl(sc.PR_SET_KEEPCAPS, 1)
     try:
@@ -158,11 +193,17 @@ def finalize_and_exec(process: dict, seccomp_filter, preserve_fds: int = 0) -> N
     capabilities.apply(caps)
     if nnp:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    if seccomp_filter is not None and not seccomp_early:
-        seccomp_filter.load()
+    return PreparedExec(path, process["args"], env, seccomp_filter)
+
+
+def exec_prepared(prepared: PreparedExec, preserve_fds: int = 0) -> None:
+    """The seccomp filter (so few syscalls run under it), close-on-exec, execve."""
+    if prepared.seccomp_filter is not None:
+        prepared.seccomp_filter.load()
     sc.close_range(3 + preserve_fds, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
+    path = prepared.path
     try:
-        os.execve(path, process["args"], env)
+        os.execve(path, prepared.args, prepared.env)
     except PermissionError as err:
         raise CommandNotInvokableError(f"exec {path}: {err.strerror}") from None
     except OSError as err:

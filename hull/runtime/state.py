@@ -10,6 +10,7 @@ its start time is recorded), and the cgroup freezer.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -46,11 +47,14 @@ def proc_start_time(pid: int) -> int | None:
 class ContainerState:
     """The persisted record of one container."""
 
-    __slots__ = ("dir", "data")
+    __slots__ = ("dir", "data", "cgroup_mounts")
 
     def __init__(self, state_dir: str, data: dict) -> None:
         self.dir = state_dir
         self.data = data
+        # The cgroup mount table create() read (not saved): later steps of the same
+        # `run` rebuild the manager from it instead of parsing mountinfo again.
+        self.cgroup_mounts: list | None = None
 
     @property
     def id(self) -> str:
@@ -120,7 +124,7 @@ def _frozen(state: ContainerState) -> bool:
     from hull.runtime.linux.cgroups import manager_for
 
     try:
-        return manager_for(state.data["cgroup_path"], state.id).frozen()
+        return manager_for(state.data["cgroup_path"], state.id, mounts=state.cgroup_mounts).frozen()
     except OSError:
         return False
 
@@ -163,15 +167,30 @@ class StateStore:
 
     def remove(self, container_id: str) -> None:
         state_dir = self.path(container_id)
-        for name in ("state.json", "state.json.tmp", "exec.fifo"):
-            try:
-                os.unlink(os.path.join(state_dir, name))
-            except FileNotFoundError:
-                pass
+        # state.json is all a started container leaves; the others only before
+        # start or after a crash, so they are looked for when the dir is not empty.
+        _unlink(state_dir, "state.json")
+        try:
+            os.rmdir(state_dir)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if err.errno != errno.ENOTEMPTY:
+                raise
+        _unlink(state_dir, "state.json.tmp")
+        _unlink(state_dir, "exec.fifo")
         try:
             os.rmdir(state_dir)
         except FileNotFoundError:
             pass
+
+
+def _unlink(directory: str, name: str) -> None:
+    try:
+        os.unlink(os.path.join(directory, name))
+    except FileNotFoundError:
+        pass
 
 
 def _now_rfc3339() -> str:

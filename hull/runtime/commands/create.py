@@ -30,6 +30,7 @@ def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
         console_socket=opts.get("console_socket"),
         no_pivot=bool(opts.get("no_pivot")),
         preserve_fds=int(opts.get("preserve_fds") or 0),
+        stage1_worker=ctx.stage1_worker,
     )
     chan.close()
     return 0

@@ -29,4 +29,5 @@ def main(ctx, verb: str, opts: dict, args: list[str]) -> int:
         no_pivot=bool(opts.get("no_pivot")),
         preserve_fds=int(opts.get("preserve_fds") or 0),
         keep=bool(opts.get("keep")),
+        stage1_worker=ctx.stage1_worker,
     )

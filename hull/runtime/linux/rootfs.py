@@ -26,31 +26,52 @@ DEFAULT_DEVICES = (
 )
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 _PROPAGATION = mountopts.PROPAGATION
+# Mounts that depend on which process makes them: proc shows the mounter's pid
+# namespace (PID 1's, not stage 1's); cgroup views need the container's cgroup,
+# which exists (and is joined) only after stage 1's "go".
+_LATE_TYPES = frozenset({"proc", "cgroup", "cgroup2"})
 
 
-def open_in_root(rootfd: int, path: str, create: str | None = None, mode: int = 0o755) -> int:
+def open_in_root(
+    rootfd: int,
+    path: str,
+    create: str | None = None,
+    mode: int = 0o755,
+    no_symlinks: bool = False,
+) -> int:
     """An O_PATH fd for path inside the root, never leaving it.
 
     create="dir" or "file" makes missing components (dirs, and the last one as
     a dir or an empty file), each created relative to its already-confined
-    parent.
+    parent. Every lookup is an openat2(RESOLVE_IN_ROOT) from the root, so a
+    symlink met on the way resolves inside it; no_symlinks=True refuses any
+    symlink instead (ELOOP), before anything is created.
     """
+    resolve = _RESOLVE | (sc.RESOLVE_NO_SYMLINKS if no_symlinks else 0)
     rel = path.strip("/") or "."
     try:
-        return sc.openat2(rootfd, rel, os.O_PATH, resolve=_RESOLVE)
+        return sc.openat2(rootfd, rel, os.O_PATH, resolve=resolve)
     except FileNotFoundError:
         if create is None:
             raise
     parts = [p for p in rel.split("/") if p and p != "."]
-    parent = sc.openat2(rootfd, ".", os.O_PATH, resolve=_RESOLVE)
+    # The deepest existing ancestor, nearest first: usually the parent exists.
+    start = len(parts) - 1
+    while True:
+        prefix = "/".join(parts[:start]) or "."
+        try:
+            parent = sc.openat2(rootfd, prefix, os.O_PATH, resolve=resolve)
+            break
+        except FileNotFoundError:
+            if start == 0:
+                raise
+            start -= 1
     try:
-        for i, part in enumerate(parts):
+        for i in range(start, len(parts)):
+            part = parts[i]
             prefix = "/".join(parts[: i + 1])
             try:
-                child = sc.openat2(rootfd, prefix, os.O_PATH, resolve=_RESOLVE)
-            except FileNotFoundError:
-                last = i == len(parts) - 1
-                if last and create == "file":
+                if i == len(parts) - 1 and create == "file":
                     fd = os.open(
                         part,
                         os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -60,7 +81,9 @@ def open_in_root(rootfd: int, path: str, create: str | None = None, mode: int = 
                     os.close(fd)
                 else:
                     os.mkdir(part, mode, dir_fd=parent)
-                child = sc.openat2(rootfd, prefix, os.O_PATH, resolve=_RESOLVE)
+            except FileExistsError:
+                pass  # made meanwhile, or a dangling symlink: the lookup below decides
+            child = sc.openat2(rootfd, prefix, os.O_PATH, resolve=resolve)
             os.close(parent)
             parent = child
         return parent
@@ -71,6 +94,12 @@ def open_in_root(rootfd: int, path: str, create: str | None = None, mode: int = 
 
 def _fdpath(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
+
+
+def _nested(a: str, b: str) -> bool:
+    """True when one of two absolute paths is the other or lies below it."""
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
 
 
 class RootfsBuilder:
@@ -93,9 +122,24 @@ class RootfsBuilder:
         self.in_userns = in_userns
         self.rootfd = -1
         self.dev_is_bind = False
+        self.late: list[dict] = []  # mounts prepare_early() left for prepare_rest()
+        self.devices_done = False
+        self.early_proc = False
 
     def prepare(self) -> None:
         """Private propagation, rootfs bind, every mount, /dev."""
+        self.prepare_early()
+        self.prepare_rest()
+
+    def prepare_early(self, in_pid_namespace: bool = False) -> None:
+        """Propagation, the rootfs bind, and the mounts stage 1 can make before PID 1
+        exists (it shares PID 1's mount namespace): the work overlaps the parent's
+        cgroup setup. Left for prepare_rest(): proc (unless in_pid_namespace: we are
+        PID 1 ourselves) and cgroup mounts, binds, and any mount nested with one of
+        those or reached through a symlink, so the result is the one the config's
+        order gives.
+        """
+        self.early_proc = in_pid_namespace
         sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
         sc.mount(self.rootfs, self.rootfs, None, sc.MS_BIND | sc.MS_REC)
         prop = (self.config.get("linux") or {}).get("rootfsPropagation")
@@ -103,8 +147,55 @@ class RootfsBuilder:
             sc.mount(None, self.rootfs, None, _PROPAGATION[prop])
         self.rootfd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         for mount in self.config.get("mounts") or []:
+            if not self._early(mount) or not self._mount_early(mount):
+                self.late.append(mount)
+        if not any(_nested("/dev", m["destination"]) for m in self.late):
+            self._devices_early()
+
+    def prepare_rest(self) -> None:
+        """The mounts prepare_early() left, in the config's order, then /dev."""
+        late, self.late = self.late, []
+        for mount in late:
             self.mount_one(mount)
+        if not self.devices_done:
+            self.make_devices()
+            self.devices_done = True
+
+    def _early(self, m: dict) -> bool:
+        kind = m.get("type") or ""
+        if kind == "proc" and self.early_proc:
+            kind = ""
+        if kind in _LATE_TYPES or kind == "bind" or "bind" in (m.get("options") or ()):
+            return False
+        if "rbind" in (m.get("options") or ()):
+            return False
+        return not any(_nested(m["destination"], late["destination"]) for late in self.late)
+
+    def _mount_early(self, m: dict) -> bool:
+        """mount_one, unless the destination's existing part holds a symlink."""
+        try:
+            fd = open_in_root(self.rootfd, m["destination"], "dir", no_symlinks=True)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return False
+            raise
+        os.close(fd)
+        self.mount_one(m)
+        return True
+
+    def _devices_early(self) -> None:
+        for path in ["/dev"] + [
+            d["path"].rsplit("/", 1)[0] or "/"
+            for d in (self.config.get("linux") or {}).get("devices") or []
+        ]:
+            try:
+                os.close(open_in_root(self.rootfd, path, "dir", no_symlinks=True))
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    return
+                raise
         self.make_devices()
+        self.devices_done = True
 
     def mount_one(self, m: dict) -> None:
         dest = m["destination"]
@@ -196,24 +287,49 @@ class RootfsBuilder:
                     self._remount(dest, base | (sc.MS_RDONLY if ro else 0))
                 return
             sc.mount("tmpfs", _fdpath(fd), "tmpfs", base, "mode=755")
-            for name, host_dir in sorted(self.cgroup_paths.items()):
-                if not name or not os.path.isdir(host_dir):
-                    continue
-                sub = open_in_root(self.rootfd, f"{dest}/{name}", "dir")
-                try:
-                    try:
-                        sc.mount(host_dir, _fdpath(sub), None, sc.MS_BIND)
-                        self._remount(f"{dest}/{name}", base | (sc.MS_RDONLY if ro else 0))
-                    except OSError as err:
-                        raise OSError(err.errno, f"{host_dir}: {err.strerror}") from None
-                finally:
-                    os.close(sub)
-            if ro:
-                self._remount(dest, base | sc.MS_RDONLY)
+            self._bind_v1_hierarchies(dest, base | (sc.MS_RDONLY if ro else 0))
         except OSError as err:
             raise KernelError(f"cannot mount cgroups on {dest}: {err}") from None
         finally:
             os.close(fd)
+
+    def _bind_v1_hierarchies(self, dest: str, flags: int) -> None:
+        """Bind each hierarchy's container dir into the fresh tmpfs at dest, then give
+        the whole tree flags (nosuid, nodev, noexec, ro) at once.
+
+        The tmpfs was mounted just now by us and nothing else writes to it, so its
+        subdirs are made and opened relative to it without a lookup from the root.
+        """
+        from hull.runtime.linux import mountattr
+
+        names = []
+        top = open_in_root(self.rootfd, dest)
+        try:
+            for name, host_dir in sorted(self.cgroup_paths.items()):
+                if not name or "/" in name or not os.path.isdir(host_dir):
+                    continue
+                os.mkdir(name, 0o755, dir_fd=top)
+                sub = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=top)
+                try:
+                    sc.mount(host_dir, _fdpath(sub), None, sc.MS_BIND)
+                except OSError as err:
+                    raise OSError(err.errno, f"{host_dir}: {err.strerror}") from None
+                finally:
+                    os.close(sub)
+                names.append(name)
+            if not flags:
+                return
+            try:
+                mountattr.set_recursive(top, flags)
+                return
+            except OSError:
+                pass  # no mount_setattr (Linux < 5.12): remount one by one
+        finally:
+            os.close(top)
+        for name in names:
+            self._remount(f"{dest}/{name}", flags)
+        if flags & sc.MS_RDONLY:
+            self._remount(dest, flags)
 
     def make_devices(self) -> None:
         """The spec's default devices, linux.devices, and the /dev links."""
@@ -225,19 +341,19 @@ class RootfsBuilder:
         ]
         for dev in (self.config.get("linux") or {}).get("devices") or []:
             devices = [d for d in devices if d["path"] != dev["path"]] + [dev]
-        for dev in devices:
-            self.make_device(dev)
-        for link, target in (
-            ("/dev/fd", "/proc/self/fd"),
-            ("/dev/stdin", "/proc/self/fd/0"),
-            ("/dev/stdout", "/proc/self/fd/1"),
-            ("/dev/stderr", "/proc/self/fd/2"),
-            ("/dev/ptmx", "pts/ptmx"),
-        ):
-            devdir = open_in_root(self.rootfd, "/dev", "dir")
-            try:
-                name = link.rsplit("/", 1)[1]
-                if link == "/dev/ptmx":
+        dirs: dict[str, int] = {}  # parent dir -> its fd, opened once for all its nodes
+        try:
+            for dev in devices:
+                self.make_device(dev, dirs)
+            devdir = self._dir_fd("/dev", dirs)
+            for name, target in (
+                ("fd", "/proc/self/fd"),
+                ("stdin", "/proc/self/fd/0"),
+                ("stdout", "/proc/self/fd/1"),
+                ("stderr", "/proc/self/fd/2"),
+                ("ptmx", "pts/ptmx"),
+            ):
+                if name == "ptmx":
                     try:
                         os.unlink(name, dir_fd=devdir)
                     except FileNotFoundError:
@@ -246,15 +362,26 @@ class RootfsBuilder:
                     os.symlink(target, name, dir_fd=devdir)
                 except FileExistsError:
                     pass
-            finally:
-                os.close(devdir)
+        finally:
+            for fd in dirs.values():
+                os.close(fd)
 
-    def make_device(self, dev: dict) -> None:
+    def _dir_fd(self, path: str, dirs: dict[str, int]) -> int:
+        fd = dirs.get(path)
+        if fd is None:
+            fd = dirs[path] = open_in_root(self.rootfd, path, "dir")
+        return fd
+
+    def make_device(self, dev: dict, dirs: dict[str, int] | None = None) -> None:
+        """One node (a bind of the host's in a user namespace); dirs caches parent fds."""
         path = dev["path"]
         kind = dev.get("type", "c")
         parent_path, name = path.rsplit("/", 1)
-        parent = open_in_root(self.rootfd, parent_path, "dir")
+        own = dirs is None
+        if dirs is None:
+            dirs = {}
         try:
+            parent = self._dir_fd(parent_path or "/", dirs)
             if self.in_userns:
                 # mknod is not allowed in a user namespace: bind the host's node.
                 try:
@@ -289,7 +416,9 @@ class RootfsBuilder:
         except OSError as err:
             raise KernelError(f"cannot create device {path}: {err.strerror}") from None
         finally:
-            os.close(parent)
+            if own:
+                for fd in dirs.values():
+                    os.close(fd)
 
     def close(self) -> None:
         if self.rootfd >= 0:
@@ -346,7 +475,7 @@ def finish(config: dict) -> None:
 
 def mask_path(path: str) -> None:
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
+        if stat.S_ISDIR(os.lstat(path).st_mode):  # one lstat: most masked paths are absent
             sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
         else:
             sc.mount("/dev/null", path, None, sc.MS_BIND)

@@ -28,8 +28,13 @@ from hull.runtime.linux.cgroups.mounts import (
     layout_of,
 )
 from hull.runtime.linux.cgroups.paths import normalise_cgroups_path
-from hull.runtime.linux.cgroups.v1 import V1Manager
-from hull.runtime.linux.cgroups.v2 import V2Manager
+
+# The managers load on first use: a host needs one of them, and the start path of
+# `hull-runtime run` pays for every module it imports.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hull.runtime.linux.cgroups.v1 import V1Manager
+    from hull.runtime.linux.cgroups.v2 import V2Manager
 
 __all__ = [
     "CgroupFiles",
@@ -41,6 +46,18 @@ __all__ = [
     "manager_for",
     "normalise_cgroups_path",
 ]
+
+
+def __getattr__(name: str) -> type:
+    if name == "V1Manager":
+        from hull.runtime.linux.cgroups.v1 import V1Manager
+
+        return V1Manager
+    if name == "V2Manager":
+        from hull.runtime.linux.cgroups.v2 import V2Manager
+
+        return V2Manager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def detect_layout(root: str = DEFAULT_ROOT, *, mountinfo: str = MOUNTINFO) -> str:
@@ -68,6 +85,10 @@ def manager_for(
     found = mounts if mounts is not None else find_mounts(root, mountinfo)
     layout = layout_of(found, os.path.normpath(root))
     if layout == "v2":
+        from hull.runtime.linux.cgroups.v2 import V2Manager
+
         at_root = [m for m in found if os.path.normpath(m.mountpoint) == os.path.normpath(root)]
         return V2Manager(path, at_root, files)
+    from hull.runtime.linux.cgroups.v1 import V1Manager
+
     return V1Manager(path, found, files)
