@@ -4,8 +4,8 @@
  * Hull has no daemon, so something must outlive the `hull` process that started a
  * container: hold the container's stdio, write its log (Docker json-file, rotated),
  * relay its I/O to attach clients, reap it and record its exit code. This program
- * does that and nothing else, in plain C with glibc so that an idle container costs
- * a few private pages rather than a Python interpreter.
+ * does that and nothing else, in plain C (musl or glibc) so that an idle container
+ * costs three private pages rather than a Python interpreter (see "memory" below).
  *
  * Life: parse flags -> daemonize (fork, setsid, fork; subreaper) -> run
  * `<runtime> create` with pipes (or a console socket) as the container's stdio ->
@@ -13,7 +13,8 @@
  * and attach clients, client input to stdin) -> container exits -> drain, write the
  * exit file atomically, close clients -> exec --exit-command or exit.
  *
- * Build: gcc -O2 -Wall -Wextra -o hull-shim hull-shim.c
+ * Build: musl-gcc -O2 -Wall -Wextra -std=gnu11 -static -o hull-shim hull-shim.c
+ * (or gcc, static or not: it works the same, with more private pages).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,6 +32,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -40,8 +42,12 @@
 
 #define LINE_BUF 16384 /* Docker's copier buffer: a longer line is logged in parts */
 #define OUT_BUF 4096   /* log writer buffer */
-#define STDIN_BUF 4096 /* client input not yet written to the container's stdin */
+#define STDIN_BUF 4095 /* client input not yet written to the container's stdin (+1: EOF) */
 #define ERR_BUF 4096   /* the runtime's stderr during create */
+#define PAGE 4096
+#define ARENA 1024 /* strings and arrays kept for the shim's lifetime */
+#define STACK_RELEASE (256 << 10) /* stack below the idle loop handed back at start */
+#define IDLE_RELEASE_MS 5000      /* after activity, quiet this long: hand buffers back */
 #define DRAIN_LIMIT (8 << 20) /* bytes read per stream after exit, in case of a writer that never stops */
 #define CLIENT_BACKLOG (4 << 20) /* output an attach client may fall behind before it is dropped */
 #define EXIT_FLUSH_MS 2000       /* time clients get to take their backlog after the exit */
@@ -91,6 +97,45 @@ static struct {
     int sync_fd;
 } opt = {.log_max_files = 1, .sync_fd = -1};
 
+/* ---- memory ----------------------------------------------------------------------- *
+ * One shim runs per container, so its private pages are multiplied by the number of
+ * containers. Built static with musl, an idle shim has three: one of small state
+ * (.data and .bss, the arena below included) and two at the top of its stack (argv,
+ * environment, main's frame). No heap (no malloc unless an attach needs it), and the
+ * vDSO is never touched (clock_now): no page tables for those areas either.
+ * The big buffers are in .lbss, which the linker places after .bss on pages of their
+ * own; they are handed back to the kernel once the container is up, with the stack
+ * that start-up used, and again after output stops (release_idle_memory). */
+
+/* Busy only while data flows; all empty when the idle loop begins. */
+static struct idle_buffers {
+    char line[2][LINE_BUF];            /* per stream: output not yet a whole line */
+    char log[OUT_BUF];                 /* log writer */
+    char stdin_pending[STDIN_BUF + 1]; /* client input not yet taken by the container */
+    char input[STDIN_BUF + 1];         /* a client's frames as read, STDIN_BUF at a time */
+    char err[ERR_BUF];                 /* the runtime's stderr during create */
+    char cwd[PAGE];                    /* for relative paths in the flags */
+} bufs __attribute__((section(".lbss"), aligned(PAGE))); /* after .bss: see above */
+_Static_assert(sizeof bufs % PAGE == 0, "idle buffers must fill whole pages");
+
+/* Long-lived strings and arrays, carved from one static arena (malloc past it). */
+static char arena[ARENA] __attribute__((aligned(16)));
+static size_t arena_used;
+
+static void *keep(size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    if (n <= ARENA - arena_used) {
+        void *p = arena + arena_used;
+        arena_used += n;
+        return p;
+    }
+    void *p = calloc(1, n);
+    if (!p)
+        abort();
+    return p;
+}
+
 /* ---- small helpers ---------------------------------------------------------------- */
 
 static void write_all(int fd, const char *p, size_t n)
@@ -107,38 +152,32 @@ static void write_all(int fd, const char *p, size_t n)
     }
 }
 
-static char *path_in(const char *dir, const char *name)
+/* dir/name into out, which has room for strlen(dir) + strlen(name) + 2 bytes. */
+static char *join_path(char *out, const char *dir, const char *name)
 {
     size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p)
-        abort();
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
+    memcpy(out, dir, a);
+    out[a] = '/';
+    memcpy(out + a + 1, name, b + 1);
+    return out;
 }
 
-static char *path_cat(const char *a, const char *b)
+#define PATH_ROOM(dir, name) (strlen(dir) + strlen(name) + 2)
+
+/* dir/name, kept for the shim's lifetime. */
+static char *path_in(const char *dir, const char *name)
 {
-    size_t la = strlen(a), lb = strlen(b);
-    char *p = malloc(la + lb + 1);
-    if (!p)
-        abort();
-    memcpy(p, a, la);
-    memcpy(p + la, b, lb + 1);
-    return p;
+    return join_path(keep(PATH_ROOM(dir, name)), dir, name);
 }
 
 /* Paths are used after chdir("/"): make relative ones absolute first. */
 static const char *absolute(const char *path)
 {
-    static char cwd[4096];
     if (!path || path[0] == '/')
         return path;
-    if (!cwd[0] && !getcwd(cwd, sizeof cwd))
+    if (!bufs.cwd[0] && !getcwd(bufs.cwd, sizeof bufs.cwd))
         return path;
-    return path_in(cwd, path);
+    return path_in(bufs.cwd, path);
 }
 
 /* No stdio: printf and friends (and strerror's gettext) would make up most of the
@@ -164,8 +203,12 @@ static const char *num(long long v, char *buf)
 
 static const char *err_text(int err)
 {
-    const char *s = strerrordesc_np(err);
+#ifdef __GLIBC__
+    const char *s = strerrordesc_np(err); /* strerror would pull in glibc's locale code */
     return s ? s : "unknown error";
+#else
+    return strerror(err); /* musl: a plain table */
+#endif
 }
 
 static size_t vjoin(char *out, size_t cap, const char *first, va_list ap)
@@ -195,9 +238,9 @@ static void shim_log(const char *first, ...)
         write_all(2, msg, n);
         return;
     }
-    char *path = path_in(opt.socket_dir, "shim.log");
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    free(path);
+    char path[PATH_ROOM(opt.socket_dir, "shim.log")];
+    int fd = open(join_path(path, opt.socket_dir, "shim.log"),
+                  O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd >= 0) {
         write_all(fd, msg, n);
         close(fd);
@@ -377,7 +420,6 @@ static size_t format_time(char *out, const struct timespec *ts)
 
 static int log_fd = -1;
 static long long log_size;
-static char log_buf[OUT_BUF];
 
 static int open_log(int truncate)
 {
@@ -397,9 +439,7 @@ static void rotate_log(void)
     log_fd = -1;
     if (opt.log_max_files >= 2) {
         size_t len = strlen(opt.log_path);
-        char *from = malloc(len + 24), *to = malloc(len + 24);
-        if (!from || !to)
-            abort();
+        char from[len + 24], to[len + 24];
         memcpy(from, opt.log_path, len);
         memcpy(to, opt.log_path, len);
         from[len] = to[len] = '.';
@@ -412,8 +452,6 @@ static void rotate_log(void)
             if (rename(from, to) < 0 && errno != ENOENT)
                 shim_log("rotate ", from, ": ", err_text(errno), END);
         }
-        free(from);
-        free(to);
     }
     if (open_log(1) < 0)
         shim_log("reopen ", opt.log_path, " after rotation: ", err_text(errno), END);
@@ -444,10 +482,17 @@ static void log_entry(const char *stream, const char *data, size_t n, const char
                 return;
         }
     }
-    struct writer w = {.fd = log_fd, .buf = log_buf, .cap = sizeof log_buf};
+    struct writer w = {.fd = log_fd, .buf = bufs.log, .cap = sizeof bufs.log};
     log_entry_body(&w, stream, data, n, time);
     w_flush(&w);
     log_size += (long long)w.total;
+}
+
+/* clock_gettime without the vDSO: a syscall per call, but an idle shim then never
+ * faults the vDSO in, and has no page tables for that corner of its address space. */
+static void clock_now(clockid_t clock, struct timespec *ts)
+{
+    syscall(SYS_clock_gettime, clock, ts);
 }
 
 /* ---- attach clients --------------------------------------------------------------- */
@@ -596,14 +641,14 @@ static void broadcast(int stream, const char *data, size_t n)
 static void flush_backlogs_before_exit(void)
 {
     struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    clock_now(CLOCK_MONOTONIC, &start);
     for (;;) {
         struct pollfd p[64];
         int np = 0;
         for (int i = 0; i < n_clients && np < 64; i++)
             if (clients[i].fd >= 0 && clients[i].backlog)
                 p[np++] = (struct pollfd){clients[i].fd, POLLOUT, 0};
-        clock_gettime(CLOCK_MONOTONIC, &now);
+        clock_now(CLOCK_MONOTONIC, &now);
         long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
         if (np == 0 || elapsed >= EXIT_FLUSH_MS)
             return;
@@ -622,13 +667,12 @@ struct stream {
     int id; /* attach stream: 1 stdout, 2 stderr */
     const char *name;
     size_t used;
-    char buf[LINE_BUF];
+    char *buf; /* LINE_BUF bytes in bufs.line */
 };
 
-static struct stream streams[2]; /* in .bss: set up by init_streams() */
+static struct stream streams[2]; /* set up by init_streams() */
 static int stdin_fd = -1;  /* pipe write end, or the pty master */
 static int master_fd = -1; /* --tty: for resize */
-static char stdin_pending[STDIN_BUF + 1];
 static size_t stdin_len;
 static int stdin_close_requested;
 
@@ -639,12 +683,14 @@ static void init_streams(void)
     streams[0].name = "stdout";
     streams[1].id = 2;
     streams[1].name = "stderr";
+    streams[0].buf = bufs.line[0];
+    streams[1].buf = bufs.line[1];
 }
 
 static void now_string(char *out)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_now(CLOCK_REALTIME, &ts);
     format_time(out, &ts);
 }
 
@@ -724,10 +770,10 @@ static void close_stdin(void)
 static void flush_stdin(void)
 {
     while (stdin_fd >= 0 && stdin_len > 0) {
-        ssize_t r = write(stdin_fd, stdin_pending, stdin_len);
+        ssize_t r = write(stdin_fd, bufs.stdin_pending, stdin_len);
         if (r > 0) {
             stdin_len -= (size_t)r;
-            memmove(stdin_pending, stdin_pending + r, stdin_len);
+            memmove(bufs.stdin_pending, bufs.stdin_pending + r, stdin_len);
         } else if (r < 0 && errno == EINTR)
             continue;
         else if (r < 0 && errno == EAGAIN)
@@ -751,7 +797,7 @@ static void request_stdin_close(void)
         cc_t eof = 4;
         if (tcgetattr(master_fd, &t) == 0 && t.c_cc[VEOF])
             eof = t.c_cc[VEOF];
-        stdin_pending[stdin_len++] = (char)eof;
+        bufs.stdin_pending[stdin_len++] = (char)eof;
     } else
         stdin_close_requested = 1;
 }
@@ -769,10 +815,10 @@ static void resize(const uint8_t *p)
  * earlier stdin is pending, so everything read here fits in stdin_pending. */
 static void client_input(struct client *c)
 {
-    uint8_t buf[STDIN_BUF];
+    uint8_t *buf = (uint8_t *)bufs.input;
     ssize_t r;
     do
-        r = read(c->fd, buf, sizeof buf);
+        r = read(c->fd, buf, STDIN_BUF);
     while (r < 0 && errno == EINTR);
     if (r < 0 && errno == EAGAIN)
         return;
@@ -803,7 +849,7 @@ static void client_input(struct client *c)
         }
         size_t k = n - i < c->remaining ? n - i : c->remaining;
         if (c->stream == 0 && stdin_fd >= 0 && !stdin_close_requested) {
-            memcpy(stdin_pending + stdin_len, buf + i, k);
+            memcpy(bufs.stdin_pending + stdin_len, buf + i, k);
             stdin_len += k;
         } else if (c->stream == 3) {
             for (size_t j = 0; j < k && c->resize_len < 4; j++)
@@ -824,11 +870,13 @@ static void client_input(struct client *c)
 
 static void write_file_atomic(const char *path, const char *data, size_t n, int sync)
 {
-    char *tmp = path_cat(path, ".tmp");
+    size_t len = strlen(path);
+    char tmp[len + 5];
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, ".tmp", 5);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         shim_log("write ", tmp, ": ", err_text(errno), END);
-        free(tmp);
         return;
     }
     write_all(fd, data, n);
@@ -837,7 +885,6 @@ static void write_file_atomic(const char *path, const char *data, size_t n, int 
     close(fd);
     if (rename(tmp, path) < 0)
         shim_log("rename ", tmp, ": ", err_text(errno), END);
-    free(tmp);
 }
 
 static void write_exit_code(int code)
@@ -957,14 +1004,17 @@ static long long parse_size(const char *s, const char *flag)
 
 static void parse_args(int argc, char **argv)
 {
-    opt.runtime_args = calloc((size_t)argc, sizeof(char *));
-    opt.exit_args = calloc((size_t)argc + 1, sizeof(char *));
-    if (!opt.runtime_args || !opt.exit_args)
-        abort();
-    /* The sync fd first, so that flag errors can be reported on it too. */
-    for (int i = 1; i + 1 < argc; i++)
+    /* The sync fd first, so that flag errors can be reported on it too; and how many
+     * repeated flags there are, to size their arrays. */
+    int n_runtime_args = 0, n_exit_args = 0;
+    for (int i = 1; i + 1 < argc; i++) {
         if (!strcmp(argv[i], "--sync-fd"))
             opt.sync_fd = atoi(argv[i + 1]);
+        n_runtime_args += !strcmp(argv[i], "--runtime-arg");
+        n_exit_args += !strcmp(argv[i], "--exit-command-arg");
+    }
+    opt.runtime_args = keep((size_t)(n_runtime_args + 1) * sizeof(char *));
+    opt.exit_args = keep((size_t)(n_exit_args + 2) * sizeof(char *));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -1037,9 +1087,8 @@ static void parse_args(int argc, char **argv)
 
 static void mkdir_p(const char *path)
 {
-    char *p = strdup(path);
-    if (!p)
-        abort();
+    char p[strlen(path) + 1];
+    strcpy(p, path);
     for (char *s = p + 1; *s; s++) {
         if (*s == '/') {
             *s = 0;
@@ -1049,7 +1098,12 @@ static void mkdir_p(const char *path)
     }
     if (mkdir(p, 0700) < 0 && errno != EEXIST)
         fail("cannot create ", p, ": ", err_text(errno), END);
-    free(p);
+}
+
+/* close_range(2) without libc's wrapper, which musl lacks. */
+static void close_fds(unsigned first, unsigned last, int flags)
+{
+    syscall(SYS_close_range, first, last, flags);
 }
 
 /* Only the sync fd survives from the caller; everything else is ours. */
@@ -1069,12 +1123,12 @@ static void close_inherited_fds(void)
     }
     if (opt.sync_fd >= 0) {
         if (opt.sync_fd > 3)
-            close_range(3, (unsigned)opt.sync_fd - 1, 0);
-        close_range((unsigned)opt.sync_fd + 1, ~0U, 0);
+            close_fds(3, (unsigned)opt.sync_fd - 1, 0);
+        close_fds((unsigned)opt.sync_fd + 1, ~0U, 0);
         /* the runtime and the container must not hold the caller's pipe open */
         fcntl(opt.sync_fd, F_SETFD, FD_CLOEXEC);
     } else
-        close_range(3, ~0U, 0);
+        close_fds(3, ~0U, 0);
 }
 
 static void daemonize(void)
@@ -1137,9 +1191,7 @@ static void reset_signals_for_exec(void)
 
 static pid_t spawn_runtime(int in, int out, int err)
 {
-    char **argv = calloc((size_t)opt.n_runtime_args + 16, sizeof(char *));
-    if (!argv)
-        abort();
+    char *argv[opt.n_runtime_args + 16];
     int n = 0;
     argv[n++] = (char *)opt.runtime;
     for (int i = 0; i < opt.n_runtime_args; i++)
@@ -1171,7 +1223,6 @@ static pid_t spawn_runtime(int in, int out, int err)
         write_all(2, why, strlen(why));
         _exit(127);
     }
-    free(argv);
     return pid;
 }
 
@@ -1246,7 +1297,7 @@ static pid_t create_container(int sigfd)
     close(null);
     set_nonblock(err[0]);
 
-    static char errbuf[ERR_BUF];
+    char *errbuf = bufs.err;
     size_t errlen = 0;
     int status = 0, err_open = 1;
     for (;;) {
@@ -1259,13 +1310,12 @@ static pid_t create_container(int sigfd)
                 ;
         }
         if (err_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-            char tmp[1024];
-            ssize_t r = read(err[0], tmp, sizeof tmp);
-            if (r > 0) {
-                size_t k = (size_t)r < ERR_BUF - 1 - errlen ? (size_t)r : ERR_BUF - 1 - errlen;
-                memcpy(errbuf + errlen, tmp, k);
-                errlen += k;
-            } else if (r == 0 || errno != EAGAIN)
+            char sink[256]; /* past ERR_BUF: read and dropped, so the runtime never blocks */
+            size_t room = ERR_BUF - 1 - errlen;
+            ssize_t r = room ? read(err[0], errbuf + errlen, room) : read(err[0], sink, sizeof sink);
+            if (r > 0)
+                errlen += room ? (size_t)r : 0;
+            else if (r == 0 || errno != EAGAIN)
                 err_open = 0;
         }
         pid_t w = waitpid(runtime, &status, WNOHANG);
@@ -1346,7 +1396,7 @@ static void finish(int code)
         exit(0);
     reset_signals_for_exec();
     prctl(PR_SET_CHILD_SUBREAPER, 0);
-    close_range(3, ~0U, 0);
+    close_fds(3, ~0U, 0);
     execvp(opt.exit_command, opt.exit_args);
     shim_log("cannot run the exit command ", opt.exit_command, ": ", err_text(errno), END);
     exit(1);
@@ -1379,6 +1429,19 @@ static void accept_clients(void)
             return;
         add_client(fd);
     }
+}
+
+/* Every buffer is empty (the container is up, or output stopped a while ago): give
+ * their pages back, and the stack below this point, which only start-up and the
+ * handling of events used. They are zero pages again the next time they are touched. */
+static void __attribute__((noinline)) release_idle_memory(void)
+{
+    madvise(&bufs, sizeof bufs, MADV_DONTNEED);
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    uintptr_t end = (here - 1024) & ~(uintptr_t)(PAGE - 1); /* room for madvise itself */
+    /* The range may start below the stack mapping: madvise then says ENOMEM, and has
+     * still dropped the pages that are mapped. */
+    madvise((void *)(end - STACK_RELEASE), STACK_RELEASE, MADV_DONTNEED);
 }
 
 int main(int argc, char **argv)
@@ -1418,15 +1481,19 @@ int main(int argc, char **argv)
     pid_t container = create_container(sigfd);
     reap_children(container); /* killed before we polled: its SIGCHLD is already read */
 
-    int cap_pfds = 0;
-    struct pollfd *pfds = NULL;
+    struct pollfd few[8], *pfds = few; /* the heap only for many clients */
+    int cap_pfds = 8, busy = 0;
+    release_idle_memory();
     for (;;) {
         int need = n_clients + 5;
         if (need > cap_pfds) {
             cap_pfds = need * 2;
-            pfds = realloc(pfds, (size_t)cap_pfds * sizeof *pfds);
-            if (!pfds)
+            struct pollfd *more = malloc((size_t)cap_pfds * sizeof *pfds);
+            if (!more)
                 abort();
+            if (pfds != few)
+                free(pfds);
+            pfds = more;
         }
         int np = 0;
         pfds[np++] = (struct pollfd){sigfd, POLLIN, 0};
@@ -1443,13 +1510,23 @@ int main(int argc, char **argv)
                                                       : 0) |
                                                  (clients[i].backlog ? POLLOUT : 0)),
                                          0};
-        if (poll(pfds, (nfds_t)np, -1) < 0) {
+        /* After activity, once nothing has moved for a while, the buffers go back to
+         * the kernel again: a container that logged at start idles at the same cost. */
+        int ready = poll(pfds, (nfds_t)np, busy ? IDLE_RELEASE_MS : -1);
+        if (ready < 0) {
             if (errno == EINTR)
                 continue;
             shim_log("poll: ", err_text(errno), END);
             sleep(1);
             continue;
         }
+        if (ready == 0) {
+            if (streams[0].used == 0 && streams[1].used == 0 && stdin_len == 0)
+                release_idle_memory();
+            busy = 0; /* a partial line keeps its page until the next release */
+            continue;
+        }
+        busy = 1;
         for (int i = 0; i < 2; i++)
             if (streams[i].fd >= 0 && (pfds[1 + i].revents & (POLLIN | POLLHUP | POLLERR)))
                 read_stream(&streams[i]);

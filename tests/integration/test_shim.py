@@ -1,7 +1,8 @@
 """hull-shim with a real runtime: logs, exit codes, attach, tty, rotation, survival.
 
 The shim is compiled from shim/hull-shim.c once per session (so the tests check the
-source in the tree, not a stale build) and found through $HULL_SHIM.
+source in the tree, not a stale build), the way scripts/setup builds it, and found
+through $HULL_SHIM.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,11 @@ from tests.integration.runtime_helpers import Runtime, container_id, make_bundle
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "shim" / "hull-shim.c"
 RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11"]  # as scripts/setup, plus -Werror
+# Private pages an idle shim may dirty (Pss_Anon, KiB), by C library: with musl, a
+# page of state and the top of its stack (12 KiB); static glibc dirties more as it
+# starts (TLS and malloc on a heap, IRELATIVE relocations, the vDSO).
+IDLE_ANON_KIB = {"musl": 16, "glibc": 64}
 
 
 def runtime_command() -> list[str]:
@@ -47,19 +54,33 @@ def runtime_command() -> list[str]:
     return [sys.executable, "-m", "hull.runtime.cli"]
 
 
+@dataclass(frozen=True)
+class ShimBuild:
+    path: str
+    libc: str  # "musl" or "glibc"
+    static: bool
+
+
 @pytest.fixture(scope="session")
-def shim_build(tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = tmp_path_factory.mktemp("shim-build") / "hull-shim"
+def shim_build(tmp_path_factory: pytest.TempPathFactory) -> ShimBuild:
+    """Built as scripts/setup does: static musl, else static glibc, else dynamic glibc."""
+    out = str(tmp_path_factory.mktemp("shim-build") / "hull-shim")
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler to build hull-shim")
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-o", str(out), str(SOURCE)]
-    built = subprocess.run([*cmd, "-static"], capture_output=True, text=True)
-    if built.returncode != 0:  # no libc.a: a dynamic build does the same job
+    attempts = [(cc, "glibc", True), (cc, "glibc", False)]
+    musl = shutil.which("musl-gcc")
+    if musl:
+        attempts.insert(0, (musl, "musl", True))
+    errors = []
+    for compiler, libc, static in attempts:
+        cmd = [compiler, *CFLAGS, *(["-static"] if static else []), "-o", out, str(SOURCE)]
         built = subprocess.run(cmd, capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    os.sync()  # written back, the binary's pages count as clean (shared) page cache
-    return str(out)
+        if built.returncode == 0:
+            os.sync()  # written back, the binary's pages count as clean (shared) page cache
+            return ShimBuild(out, libc, static)
+        errors.append(built.stderr)
+    raise AssertionError("cannot build hull-shim:\n" + "\n".join(errors))
 
 
 def alive_pids(marker: str) -> list[int]:
@@ -93,10 +114,10 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 class ShimLab:
     """Bundles, shims and containers of one test, all removed at teardown."""
 
-    def __init__(self, base: Path, rootfs: Path, binary: str) -> None:
+    def __init__(self, base: Path, rootfs: Path, build: ShimBuild) -> None:
         self.base = base
         self.rootfs = rootfs
-        self.binary = binary
+        self.build = build
         self.runtime_root = base / "runtime"
         self.runtime = Runtime(self.runtime_root)
         self.containers: list[str] = []
@@ -155,9 +176,9 @@ class ShimLab:
 
 @pytest.fixture
 def lab(
-    tmp_path: Path, busybox_rootfs: Path, shim_build: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, busybox_rootfs: Path, shim_build: ShimBuild, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ShimLab]:
-    monkeypatch.setenv("HULL_SHIM", shim_build)
+    monkeypatch.setenv("HULL_SHIM", shim_build.path)
     lab = ShimLab(tmp_path, busybox_rootfs, shim_build)
     try:
         yield lab
@@ -174,6 +195,19 @@ def memory_of(pid: int) -> dict[str, int]:
     with open(f"/proc/{pid}/smaps_rollup") as f:
         fields = (line.split() for line in f if line.startswith(("Rss", "Pss", "Private")))
         return {parts[0].rstrip(":"): int(parts[1]) for parts in fields}
+
+
+def touched_mappings(pid: int) -> list[str]:
+    """Names of pid's mappings with resident pages ("" for anonymous ones)."""
+    touched, name = [], ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", parts[0]):
+                name = parts[5] if len(parts) > 5 else ""
+            elif parts[0] == "Rss:" and int(parts[1]) > 0:
+                touched.append(name)
+    return touched
 
 
 @pytest.mark.parametrize("code", [0, 3])
@@ -250,9 +284,35 @@ def test_idle_shim_holds_only_its_own_fds(lab: ShimLab) -> None:
     time.sleep(0.2)
     memory = memory_of(handle.shim_pid)
     print(
-        f"\nidle hull-shim: Pss {memory['Pss']} KiB, of which private (anon) "
-        f"{memory['Pss_Anon']} KiB; file-backed {memory['Pss_File']} KiB is shared by all shims"
+        f"\nidle hull-shim ({lab.build.libc}): Pss {memory['Pss']} KiB, of which private "
+        f"(anon) {memory['Pss_Anon']} KiB; file-backed {memory['Pss_File']} KiB is shared"
     )
+    if lab.build.static:
+        assert memory["Pss_Anon"] <= IDLE_ANON_KIB[lab.build.libc], memory
+    if lab.build.libc == "musl":
+        # No heap, and no page of the vDSO: no page tables for those areas either.
+        assert not {"[heap]", "[vdso]", "[vvar]"} & set(touched_mappings(handle.shim_pid))
+    os.kill(handle.container_pid, signal.SIGKILL)
+    assert lab.wait_exit(opts) == 137
+
+
+def test_buffers_go_back_once_output_stops(lab: ShimLab) -> None:
+    if not lab.build.static:
+        pytest.skip("a dynamic build dirties more pages than the limit allows")
+    limit = IDLE_ANON_KIB[lab.build.libc]
+    # a 40000-byte line fills the line buffer (logged in 16 KiB parts), then silence
+    script = "head -c 40000 /dev/zero | tr '\\0' a; echo; exec sleep 100"
+    opts = lab.options(["sh", "-c", script])
+    handle = spawn_shim(opts)
+    lab.start(opts)
+    wait_for(lambda: len(lab.log_entries(opts)) == 3, what="the long line in the log")
+    busy = memory_of(handle.shim_pid)["Pss_Anon"]
+    idle = wait_for(
+        lambda: (kib := memory_of(handle.shim_pid)["Pss_Anon"]) <= limit and (kib,),
+        timeout=30,
+        what=f"the idle shim to shrink to {limit} KiB",
+    )[0]
+    assert busy >= idle + 16  # the line buffer's pages, at least
     os.kill(handle.container_pid, signal.SIGKILL)
     assert lab.wait_exit(opts) == 137
 
