@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 
 from hull.errors import ConfigError, HullError
 from hull.net.store import StateDB
+from hull.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
-from typing import TypeVar
 
 from hull.errors import HullError, KernelError
 from hull.runtime.linux import syscalls as sc
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing is not imported at run time: it costs `hull run` ~2 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 
 def _in_thread(work: Callable[[], T]) -> T:

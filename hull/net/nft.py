@@ -18,10 +18,9 @@ the element or chain was there: the sweep after a crash can run it blindly.
 from __future__ import annotations
 
 import re
-import subprocess
-from dataclasses import dataclass
 
 from hull.errors import ConfigError, KernelError
+from hull.records import dataclass
 
 DEFAULT_TABLE = "hull"
 NFT = "nft"
@@ -183,6 +182,8 @@ def apply(lines: list[str]) -> None:
     """Run one batch through `nft -f -`: all of it takes effect, or none of it."""
     if not lines:
         return
+    import subprocess  # here: `hull run` without -p never runs nft
+
     script = "\n".join(lines) + "\n"
     try:
         done = subprocess.run(
@@ -202,6 +203,8 @@ def delete_table(table: str = DEFAULT_TABLE) -> None:
 
 def list_table(table: str = DEFAULT_TABLE) -> str:
     """The table as nft prints it, or "" when it does not exist (diagnostics, tests)."""
+    import subprocess
+
     done = subprocess.run(
         [NFT, "list", "table", "ip", check_name(table, "nft table")],
         capture_output=True,

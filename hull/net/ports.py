@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import socket
-from dataclasses import dataclass
 
 from hull.errors import ConfigError, HullError
+from hull.records import dataclass
 
 PROTOCOLS = ("tcp", "udp")
 ANY_IP = "0.0.0.0"
@@ -104,11 +103,15 @@ def check_no_overlap(specs: list[PortSpec]) -> None:
 
 
 def _socket_type(proto: str) -> int:
+    import socket  # here, not at the top: its enums cost `hull run` ~1.5 ms
+
     return socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
 
 
 def check_host_port_free(host_ip: str, port: int, proto: str) -> None:
     """Raise a clear HullError when a host process already holds the port."""
+    import socket
+
     with socket.socket(socket.AF_INET, _socket_type(proto)) as probe:
         if proto == "tcp":  # a TIME_WAIT leftover is no owner; a listener still conflicts
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,6 +132,8 @@ def check_host_port_free(host_ip: str, port: int, proto: str) -> None:
 
 def free_host_port(host_ip: str, proto: str, avoid: set[int] | None = None) -> int:
     """A port the kernel considers free now (its ephemeral range), not in avoid."""
+    import socket
+
     for _ in range(64):
         with socket.socket(socket.AF_INET, _socket_type(proto)) as probe:
             probe.bind((host_ip, 0))

@@ -12,7 +12,6 @@ import os
 import random
 import secrets
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,12 +23,10 @@ from pyroute2 import IPRoute
 from hull.engine.db import Database
 from hull.errors import HullError, StateError
 from hull.net import links, nft
-from hull.net.dns import DNSServer
 from hull.net.netns import create_netns, delete_netns, netns_exists, run_in_netns
 from hull.net.networks import Network, NetworkService
 from hull.net.ports import PortSpec
 from hull.paths import HullPaths
-from tests.unit.test_net_dns import query as dns_query
 
 TIMEOUT = 5.0
 BLOCKED_TIMEOUT = 1.0
@@ -366,30 +363,3 @@ def test_default_network_is_created_once(env: NetEnv) -> None:
             continue
     assert env.service.ensure_default() == first
     assert first.name == "bridge" and links.link_exists(first.bridge)
-
-
-def test_embedded_dns_resolves_aliases_on_the_network(env: NetEnv) -> None:
-    net = env.network()
-    a, b = env.ns(), env.ns()
-    ea = env.service.connect(_cid(), a, net.name, aliases=["web", "db-primary"])
-    env.service.connect(_cid(), b, net.name, aliases=["client"])
-    db_path = env.service.paths.db
-
-    def lookup(name: str) -> str | None:  # the server thread needs a connection of its own
-        with Database(db_path) as db:
-            return NetworkService(env.service.paths, db).resolve(net.name, name)
-
-    server = DNSServer(net.gateway, lookup, upstreams=[]).start()
-    try:
-
-        def resolve_from_b(name: str) -> bytes:
-            sock = run_in_netns(b, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            with sock:
-                sock.settimeout(TIMEOUT)
-                sock.sendto(dns_query(name), (net.gateway, 53))
-                return sock.recv(512)
-
-        assert socket.inet_ntoa(resolve_from_b("db-primary")[-4:]) == ea.ip
-        assert struct.unpack("!H", resolve_from_b("WEB")[6:8])[0] == 1
-    finally:
-        server.close()
