@@ -41,6 +41,11 @@ def execute(args: argparse.Namespace) -> int:
         if record.state != "running":
             raise StateError(f"container {record.name} is not running")
         layout = service.layout(record)
+    if record.run.isolation == "vm":
+        from hull.engine.vmbackend import exec_in_vm
+
+        return exec_in_vm(service, record, args.command, args.env, args.workdir, args.user,
+                          args.tty, args.interactive, args.detach)  # fmt: skip
     store = StateStore(str(layout.runtime_root))
     config = load_config(str(layout.bundle))
     env = []

@@ -190,6 +190,13 @@ GROUPS: dict[str, Group] = {
             "info": Verb(f"{_SYSTEM}:info", "Display system-wide information"),
         },
     ),
+    "vm": Group(
+        "Manage microVM assets",
+        {
+            "kernel": Verb("hull.cli.vm:kernel", "Build or list guest kernels (build, ls, rm)"),
+            "pool": Verb("hull.cli.vm:pool", "Show or size the pool of idle microVMs"),
+        },
+    ),
 }
 
 

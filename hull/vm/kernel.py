@@ -27,8 +27,18 @@ from hull.errors import HullError
 META_PACKAGE = "linux-image-cloud-amd64"
 
 # What /init loads, before dependencies are added: the virtio-mmio transport of
-# QEMU's microvm machine, the root disk, the agent's serial port, the root's filesystems.
-GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "erofs", "overlay")
+# QEMU's microvm machine, the root disk, the agent's serial port, the root's filesystems,
+# the network card.
+GUEST_MODULES = (
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "erofs",
+    "overlay",
+    "virtiofs",  # volumes: host directories shared through virtiofsd
+    "virtio_net",  # --network: eth0 on a host tap (brings net_failover and failover)
+)
+WANTED_FILE = "modules.wanted"  # GUEST_MODULES as cached: a kernel cached with others is refetched
 
 # Compressed-stream magics inside a bzImage, as scripts/extract-vmlinux tries them.
 _LZ4_LEGACY = b"\x02\x21\x4c\x18"
@@ -65,7 +75,7 @@ def cached_kernel(vm_root: Path) -> GuestKernel | None:
     base = kernels_dir(vm_root)
     if not base.is_dir():
         return None
-    found = [d for d in base.iterdir() if (d / "complete").exists()]
+    found = [d for d in base.iterdir() if _usable(d)]
     if not found:
         return None
     newest = max(found, key=lambda d: _version_key(d.name))
@@ -77,16 +87,34 @@ def _version_key(version: str) -> list[tuple[int, str]]:
 
 
 def ensure_kernel(vm_root: Path, refresh: bool = False) -> GuestKernel:
-    """The guest kernel, fetched with apt on first use (or when refresh asks for the newest)."""
+    """The guest kernel, fetched with apt on first use (or when refresh asks for the newest).
+
+    A lean kernel made by `hull vm kernel build` wins when there is one (unless
+    HULL_VM_KERNEL=debian); see hull.vm.kernel_build.
+    """
+    from hull.vm.kernel_build import selected_built_kernel
+
+    built = selected_built_kernel(vm_root)
+    if built is not None:
+        return built
     if not refresh:
         kernel = cached_kernel(vm_root)
         if kernel is not None:
             return kernel
     package, version = _resolve_package()
     target = kernels_dir(vm_root) / version
-    if (target / "complete").exists():
+    if _usable(target):
         return GuestKernel(target, version, (target / "release").read_text().strip())
     return _fetch_kernel(vm_root, package, version)
+
+
+def _usable(directory: Path) -> bool:
+    """A complete kernel directory holding the modules this Hull loads."""
+    try:
+        wanted = (directory / WANTED_FILE).read_text().split()
+    except OSError:
+        return False
+    return (directory / "complete").exists() and wanted == list(GUEST_MODULES)
 
 
 def _resolve_package() -> tuple[str, str]:
@@ -129,12 +157,15 @@ def _fetch_kernel(vm_root: Path, package: str, version: str) -> GuestKernel:
         (out / "modules.order").write_text("\n".join(order) + "\n")
         (out / "release").write_text(release + "\n")
         (out / "package").write_text(f"{package} {version}\n")
+        (out / WANTED_FILE).write_text(" ".join(GUEST_MODULES) + "\n")
         (out / "complete").write_text("")
         target = base / version
+        if target.exists() and not _usable(target):  # cached with other modules
+            shutil.rmtree(target, ignore_errors=True)
         try:
             out.rename(target)
         except OSError:
-            if not (target / "complete").exists():  # lost a race to another fetch: fine
+            if not _usable(target):  # lost a race to another fetch: fine
                 raise
         return GuestKernel(target, version, release)
     except (OSError, subprocess.CalledProcessError) as exc:

@@ -37,12 +37,13 @@ from hull.vm.protocol import (
     STDERR,
     STDOUT,
     AgentGone,
+    Frame,
     FrameReader,
     RunRequest,
     encode_message,
     parse_control,
 )
-from hull.vm.qemu import Disk, QemuVm, RamFile, VmConfig, host_tsc_khz
+from hull.vm.qemu import Disk, Nic, QemuVm, RamFile, Share, VmConfig, host_tsc_khz
 from hull.vm.qmp import QmpChannel
 from hull.vm.rootdisk import cached_root_disk, make_erofs, pad_disk
 
@@ -123,8 +124,11 @@ def vm_config(
     disk: Path,
     ram_file: RamFile | None = None,
     incoming: bool = False,
+    shares: tuple[Share, ...] = (),
+    nic: Nic | None = None,
 ) -> VmConfig:
-    """The one command line for every VM: a template and its restores must match."""
+    """The one command line for every VM: a template and its restores must match
+    (but for the network card's backend: nic, the placeholder unless given)."""
     return VmConfig(
         kernel=assets.kernel.vmlinux,
         initrd=assets.initrd,
@@ -139,11 +143,20 @@ def vm_config(
         tsc_khz=host_tsc_khz() if shape.accel == "tcg" else None,
         ram_file=ram_file,
         incoming=incoming,
+        shares=shares,
+        nic=nic or Nic(),
     )
 
 
-def new_run_dir(paths: HullPaths) -> Path:
-    """A fresh directory for one VM's sockets and logs (short: unix socket paths)."""
+def new_run_dir(paths: HullPaths, fixed: Path | None = None) -> Path:
+    """A fresh directory for one VM's sockets and logs (short: unix socket paths).
+
+    fixed names it (a supervised VM keeps it in its container's shim directory);
+    else a random one under <runroot>/vm.
+    """
+    if fixed is not None:
+        fixed.mkdir(parents=True, exist_ok=True)
+        return fixed
     base = paths.runroot / "vm"
     base.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="", dir=base))
@@ -197,16 +210,20 @@ class MicroVm:
         cpus: int = 1,
         chain_id: str | None = None,
         boot_timeout: float | None = None,
+        run_dir: Path | None = None,
+        shares: tuple[Share, ...] = (),
+        nic: Nic | None = None,
     ) -> MicroVm:
         """Make the root disk, boot QEMU cold and wait for the agent's "ready"."""
-        run_dir = new_run_dir(paths)
+        run_dir = new_run_dir(paths, run_dir)
         try:
             disk = root_disk(paths, rootfs, chain_id, run_dir)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         shape = VmShape(accel, memory_mib, cpus)
-        return cls.start(run_dir, vm_config(assets, shape, run_dir, disk), boot_timeout)
+        config = vm_config(assets, shape, run_dir, disk, shares=shares, nic=nic)
+        return cls.start(run_dir, config, boot_timeout)
 
     @classmethod
     def start(cls, run_dir: Path, config: VmConfig, timeout: float | None = None) -> MicroVm:
@@ -277,11 +294,11 @@ class MicroVm:
         self._reader = FrameReader(channel)
         channel.settimeout(timeout)
         try:
-            stream, payload = self._reader.read_frame()
+            frame = self._reader.read_frame()
         except (AgentGone, TimeoutError) as exc:
             raise HullError(self._boot_failure(exc)) from exc
         channel.settimeout(None)
-        if stream != CONTROL or parse_control(payload).get("type") != "ready":
+        if frame.stream != CONTROL or parse_control(frame.payload).get("type") != "ready":
             raise HullError("the guest agent did not say it was ready")
 
     def _boot_failure(self, exc: BaseException) -> str:
@@ -295,22 +312,36 @@ class MicroVm:
         The guest clock is set to the host's as the request leaves (unless the request
         says otherwise): a restored guest's clock stands where its template stopped.
         """
-        if self._channel is None or self._reader is None:
-            raise HullError("the microVM is not running")
         if request.realtime_ns is None:
             request = dataclasses.replace(request, realtime_ns=time.time_ns())
-        self._channel.sendall(request.encode())
+        self.send(request.encode())
         while True:
-            try:
-                stream, payload = self._reader.read_frame()
-            except AgentGone as exc:
-                raise HullError(self._boot_failure(exc).replace("did not boot", "stopped")) from exc
-            if stream == STDOUT:
-                stdout.write(payload)
-            elif stream == STDERR:
-                stderr.write(payload)
+            frame = self.read_frame()
+            if frame.id != request.id:
+                continue  # another process's (none run beside a one-shot request)
+            if frame.stream == STDOUT:
+                stdout.write(frame.payload)
+            elif frame.stream == STDERR:
+                stderr.write(frame.payload)
             else:
-                return _exit_code(parse_control(payload))
+                message = parse_control(frame.payload)
+                if message["type"] in ("exit", "error"):
+                    return exit_code(message)
+
+    def send(self, data: bytes) -> None:
+        """Frames to the agent (callers sending from several threads serialize this)."""
+        if self._channel is None:
+            raise HullError("the microVM is not running")
+        self._channel.sendall(data)
+
+    def read_frame(self) -> Frame:
+        """The agent's next frame; HullError once the guest is gone."""
+        if self._reader is None:
+            raise HullError("the microVM is not running")
+        try:
+            return self._reader.read_frame()
+        except AgentGone as exc:
+            raise AgentGone(self._boot_failure(exc).replace("did not boot", "stopped")) from exc
 
     def poweroff(self, grace: float = POWEROFF_GRACE) -> None:
         """Ask the agent to power the guest off; kill QEMU if it takes too long."""
@@ -338,7 +369,8 @@ class MicroVm:
         self.close()
 
 
-def _exit_code(message: dict[str, object]) -> int:
+def exit_code(message: dict[str, object]) -> int:
+    """The code of an "exit" message; an "error" one raised as Docker's 126/127/125."""
     code = message.get("code")
     if not isinstance(code, int):
         raise HullError(f"the guest agent sent no exit code: {message}")

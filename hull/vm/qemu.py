@@ -28,6 +28,7 @@ from hull.vm.qmp import QmpChannel
 QEMU_BINARY = "qemu-system-x86_64"
 AGENT_PORT_NAME = "hull.agent"  # guest/hull-agent.c looks for this port name
 UNIX_PATH_MAX = 107
+PLACEHOLDER_MAC = "02:42:00:00:00:01"  # a template's card, until the agent sets the real one
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,38 @@ class RamFile:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A host directory served by a virtiofsd on socket, mounted in the guest by tag."""
+
+    tag: str
+    socket: Path
+
+
+@dataclass(frozen=True)
+class Nic:
+    """The VM's network card (virtio-net, the guest's eth0) and its host backend.
+
+    Every VM has one, so that a warm-start template (saved with the placeholder
+    backend: microVMs have no hot-plug) serves networked VMs and others alike. tap
+    names a host tap device (made and enslaved to a bridge by hull.net) for QEMU to
+    open; None is the placeholder, a hub port that leads nowhere. The card's state
+    (its MAC included) comes from the template on a restore, so the guest agent sets
+    the MAC the host chose; mac here is what a cold boot starts with.
+    """
+
+    mac: str = PLACEHOLDER_MAC
+    tap: str | None = None
+
+    def args(self) -> list[str]:
+        if self.tap is None:
+            backend = "hubport,id=net0,hubid=0"
+        else:
+            # vhost=off: no vhost-net here, and TCG gains nothing from it.
+            backend = f"tap,id=net0,ifname={self.tap},script=no,downscript=no,vhost=off"
+        return ["-netdev", backend, "-device", f"virtio-net-device,netdev=net0,mac={self.mac}"]
+
+
+@dataclass(frozen=True)
 class VmConfig:
     """Everything that decides the QEMU command line of one microVM."""
 
@@ -70,6 +103,10 @@ class VmConfig:
     qemu_log: Path | None = None  # QEMU's own stderr (a file: a pipe could fill and stall it)
     ram_file: RamFile | None = None  # None: anonymous memory (a cold boot)
     incoming: bool = False  # wait for a migration (warm restore) instead of booting
+    # virtiofs shares: guest RAM then lives in a shared memfd that each virtiofsd maps
+    # (a template's private copy-on-write RAM cannot be shared, so these VMs boot cold).
+    shares: tuple[Share, ...] = ()
+    nic: Nic = field(default_factory=Nic)
 
 
 def kernel_cmdline(config: VmConfig) -> str:
@@ -99,6 +136,17 @@ def qemu_command(config: VmConfig, binary: str = QEMU_BINARY) -> list[str]:
     # pit/pic: without them the kernel hangs calibrating its timer under TCG.
     machine = "microvm,pit=on,pic=on,rtc=on"
     memory: list[str] = []
+    if config.shares and config.ram_file is not None:
+        raise HullError("a microVM with shared folders cannot use a RAM file (warm start)")
+    if config.shares:
+        memory = [
+            "-object",
+            f"memory-backend-memfd,id=ram0,size={config.memory_mib}M,share=on",
+            # vhost-user-fs needs virtio 1.0 (microvm's virtio-mmio defaults to legacy).
+            "-global",
+            "virtio-mmio.force-legacy=false",
+        ]
+        machine += ",memory-backend=ram0"
     if config.ram_file is not None:
         share = "on" if config.ram_file.shared else "off"
         memory = [
@@ -132,6 +180,12 @@ def qemu_command(config: VmConfig, binary: str = QEMU_BINARY) -> list[str]:
         if disk.readonly:
             drive += ",readonly=on"
         argv += ["-drive", drive, "-device", f"virtio-blk-device,drive=disk{index}"]
+    argv += config.nic.args()  # after the disks: a template and its restores keep the order
+    for index, folder in enumerate(config.shares):
+        argv += [
+            "-chardev", f"socket,id=fs{index},path={folder.socket}",
+            "-device", f"vhost-user-fs-device,chardev=fs{index},tag={folder.tag}",
+        ]  # fmt: skip
     if config.incoming:
         argv += ["-incoming", "defer"]
     return argv

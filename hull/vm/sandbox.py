@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hull.errors import HullError
 from hull.paths import HullPaths
+from hull.vm.guestnet import GuestInterface, file_specs
 from hull.vm.microvm import (
     ByteSink,
     GuestAssets,
@@ -28,6 +29,7 @@ from hull.vm.microvm import (
     stderr_notice,
 )
 from hull.vm.protocol import RunRequest
+from hull.vm.qemu import Nic, Share
 
 __all__ = [
     "ByteSink",
@@ -58,14 +60,29 @@ def start_vm(
     chain_id: str | None = None,
     warm: bool = True,
     notice: Callable[[str], None] = stderr_notice,
+    run_dir: Path | None = None,
+    shares: tuple[Share, ...] = (),
+    nic: Nic | None = None,
 ) -> MicroVm:
-    """A running VM on rootfs: restored from its shape's template, else booted cold."""
-    if warm:
+    """A running VM on rootfs: restored from its shape's template, else booted cold.
+
+    run_dir fixes the VM's run directory (it must not exist yet). A VM with shares
+    (virtiofs) always boots cold: virtiofsd maps the guest's RAM, which must then be
+    a shared memfd, and a restore's RAM is a private copy-on-write mapping. nic puts
+    a host tap behind the VM's network card; a pooled VM's card already has the
+    placeholder backend (no hot-plug to swap it), so a networked VM is restored.
+    """
+    if warm and not shares:
+        from hull.vm import pool
         from hull.vm.template import ensure_template, restore_vm
 
+        if nic is None or nic.tap is None:
+            pooled = pool.take(paths, assets, shape, chain_id, run_dir)  # None: off or empty
+            if pooled is not None:
+                return pooled
         try:
             template = ensure_template(paths, assets, shape, notice)
-            return restore_vm(paths, assets, shape, template, rootfs, chain_id)
+            return restore_vm(paths, assets, shape, template, rootfs, chain_id, run_dir, nic)
         except HullError as exc:
             notice(f"microVM warm start failed, booting cold instead: {exc.message}")
     return MicroVm.boot(
@@ -76,6 +93,9 @@ def start_vm(
         memory_mib=shape.memory_mib,
         cpus=shape.cpus,
         chain_id=chain_id,
+        run_dir=run_dir,
+        shares=shares,
+        nic=nic,
     )
 
 
@@ -98,6 +118,8 @@ def run_in_vm(
     accel: str | None = None,
     warm: bool | None = None,
     notice: Callable[[str], None] = stderr_notice,
+    interface: GuestInterface | None = None,
+    files: dict[str, str] | None = None,
 ) -> int:
     """Start a microVM on rootfs_dir, run args in it, and return the exit code.
 
@@ -105,20 +127,37 @@ def run_in_vm(
     process's own). chain_id, when given, keeps the root disk cached for the next VM
     of the same image. accel forces "kvm" or "tcg" (default: probe, cached). warm
     (default: on unless HULL_VM_WARM=0) restores the VM from a template instead of
-    booting it; a cold boot is the fallback either way.
+    booting it; a cold boot is the fallback either way. interface puts the VM on a
+    host tap (made by the caller) with the guest's address; files are written into
+    the guest's root first ({"/etc/hosts": text, ...}).
     """
     paths = paths or HullPaths.from_env()
     out = stdout if stdout is not None else sys.stdout.buffer
     err = stderr if stderr is not None else sys.stderr.buffer
     request = RunRequest(
-        args=args, env=env, cwd=cwd, uid=uid, gid=gid, gids=gids or [], hostname=hostname
+        args=args,
+        env=env,
+        cwd=cwd,
+        uid=uid,
+        gid=gid,
+        gids=gids or [],
+        hostname=hostname,
+        interfaces=[interface.agent_spec()] if interface else [],
+        files=file_specs(files or {}),
     )
     request.encode()  # reject a bad request before starting anything
     assets = guest_assets(paths)
     shape = VmShape(accel or pick_accel(paths, assets, notice), memory_mib, cpus)
     use_warm = warm_start_enabled() if warm is None else warm
     with start_vm(
-        paths, assets, shape, rootfs_dir, chain_id=chain_id, warm=use_warm, notice=notice
+        paths,
+        assets,
+        shape,
+        rootfs_dir,
+        chain_id=chain_id,
+        warm=use_warm,
+        notice=notice,
+        nic=interface.nic() if interface else None,
     ) as vm:
         # The root disk is read-only and the writable layer a tmpfs: nothing in the
         # guest needs flushing, so QEMU is simply killed (close) after the run.

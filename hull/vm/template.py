@@ -43,7 +43,7 @@ from hull.vm.microvm import (
     root_disk,
     vm_config,
 )
-from hull.vm.qemu import RamFile, qemu_command, qemu_identity
+from hull.vm.qemu import Nic, RamFile, qemu_command, qemu_identity
 from hull.vm.rootdisk import make_placeholder
 
 FORMAT = 1  # bump when the template layout or the save procedure changes
@@ -137,16 +137,19 @@ def restore_vm(
     template: Template,
     rootfs: Path,
     chain_id: str | None = None,
+    run_dir: Path | None = None,
+    nic: Nic | None = None,
 ) -> MicroVm:
-    """A new VM restored from template with rootfs as its root disk."""
-    run_dir = new_run_dir(paths)
+    """A new VM restored from template with rootfs as its root disk (in run_dir if given)
+    and nic's backend behind the template's network card (its placeholder if None)."""
+    run_dir = new_run_dir(paths, run_dir)
     try:
         disk = root_disk(paths, rootfs, chain_id, run_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     config = vm_config(
-        assets, shape, run_dir, disk, RamFile(template.ram, shared=False), incoming=True
+        assets, shape, run_dir, disk, RamFile(template.ram, shared=False), incoming=True, nic=nic
     )
     return MicroVm.restore(run_dir, config, template.state)
 

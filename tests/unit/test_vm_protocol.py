@@ -12,30 +12,62 @@ from hull.errors import HullError
 from hull.vm import accel
 from hull.vm.protocol import (
     CONTROL,
+    HEADER,
+    HOST_STREAMS,
+    MAX_FRAME,
     STDERR,
+    STDIN,
     STDOUT,
     AgentGone,
     FrameReader,
     RunRequest,
     encode_frame,
+    resize_request,
+    signal_request,
+    stdin_frames,
 )
 from hull.vm.qemu import Disk, VmConfig, kernel_cmdline, qemu_command
 
 
-def test_run_request_is_one_json_line() -> None:
-    line = RunRequest(["sh", "-c", "echo ü"], ["A=1"], "/tmp", uid=5, gid=6, gids=[7]).encode()
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    body = json.loads(line)
+def test_run_request_is_one_control_frame() -> None:
+    frame = RunRequest(
+        ["sh", "-c", "echo ü"], ["A=1"], "/tmp", uid=5, gid=6, gids=[7], id=9
+    ).encode()
+    word, length = HEADER.unpack(frame[: HEADER.size])
+    assert (word >> 24, word & 0xFFFFFF, length) == (CONTROL, 9, len(frame) - HEADER.size)
+    body = json.loads(frame[HEADER.size :])
     assert body == {
         "type": "run",
+        "id": 9,
         "args": ["sh", "-c", "echo ü"],
         "env": ["A=1"],
         "cwd": "/tmp",
         "uid": 5,
         "gid": 6,
         "gids": [7],
+        "main": True,
+        "tty": False,
+        "stdin": False,
     }
-    assert line.isascii()  # non-ASCII goes as \\u escapes, which the agent decodes
+    assert frame[HEADER.size :].isascii()  # non-ASCII goes as \u escapes, which the agent decodes
+    request = RunRequest(["x"], tty=True, rows=24, cols=80, mounts=["vol0 rw /data"], main=False)
+    assert RunRequest.from_body(request.body()) == request
+
+
+def test_requests_for_running_processes() -> None:
+    assert json.loads(signal_request(4, 15)[HEADER.size :]) == {
+        "type": "signal",
+        "id": 4,
+        "signal": 15,
+    }
+    assert json.loads(resize_request(4, 30, 100)[HEADER.size :])["rows"] == 30
+    big = stdin_frames(4, b"x" * (MAX_FRAME + 5))
+    assert [len(f) - HEADER.size for f in big] == [MAX_FRAME, 5]
+    assert stdin_frames(4, b"") == [encode_frame(STDIN, b"", 4)]
+    with pytest.raises(HullError):
+        RunRequest(["x"], id=0).encode()
+    with pytest.raises(HullError):
+        RunRequest(["x"], id=1 << 24).encode()
 
 
 def test_run_request_rejects_nul_and_empty_commands() -> None:
@@ -49,16 +81,16 @@ def test_frame_reader_splits_streams_across_partial_reads() -> None:
     host, guest = socket.socketpair()
     with host, guest:
         data = (
-            encode_frame(STDOUT, b"out")
+            encode_frame(STDOUT, b"out", 7)
             + encode_frame(STDERR, b"")
-            + encode_frame(CONTROL, b'{"type":"exit","code":3}')
+            + encode_frame(CONTROL, b'{"type":"exit","code":3}', 7)
         )
         for i in range(0, len(data), 5):
             guest.sendall(data[i : i + 5])
         guest.shutdown(socket.SHUT_WR)
         reader = FrameReader(host)
-        assert reader.read_frame() == (STDOUT, b"out")
-        assert reader.read_frame() == (STDERR, b"")
+        assert reader.read_frame() == (STDOUT, b"out", 7)
+        assert reader.read_frame() == (STDERR, b"", 0)
         assert reader.read_control() == {"type": "exit", "code": 3}
         with pytest.raises(AgentGone):
             reader.read_frame()
@@ -70,6 +102,13 @@ def test_frame_reader_rejects_unknown_streams() -> None:
         guest.sendall(encode_frame(9, b"x"))
         with pytest.raises(HullError):
             FrameReader(host).read_frame()
+    host, client = socket.socketpair()
+    with host, client:
+        client.sendall(encode_frame(STDIN, b"in", 2) + encode_frame(STDOUT, b"x"))
+        reader = FrameReader(host, HOST_STREAMS)
+        assert reader.read_frame() == (STDIN, b"in", 2)
+        with pytest.raises(HullError):
+            reader.read_frame()
 
 
 def make_config(tmp: Path, **changes) -> VmConfig:
