@@ -7,9 +7,12 @@ Every step is undone when a later one fails. teardown() is the reverse; it is
 idempotent, and free (no netlink, no pyroute2 import) for a container that holds
 nothing, so `--network none` and `host` pay nothing for networking.
 
-Names on a user network resolve through /etc/hosts: a container's file lists every
-other container on its user networks, and is rewritten in place (same inode, so the
-bind mount inside a running container sees it) whenever one joins or leaves.
+Names on a user network resolve through the embedded DNS server (hull.net.dns_control:
+one process per Hull root on the gateways; a container's resolv.conf names its gateway)
+and through /etc/hosts: a container's file lists every other container on its user
+networks, and is rewritten in place (same inode, so the bind mount inside a running
+container sees it) whenever one joins or leaves. The entries stay as a fallback for a
+gateway where the server cannot bind port 53, and cost no query.
 
 Reads for inspect and `hull port` are plain SQL on hull.net's tables: importing
 hull.net.networks pulls in pyroute2, which costs ~100 ms.
@@ -20,16 +23,19 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from hull.engine.runconfig import RunConfig, uses_network
 from hull.errors import ConfigError, HullError, StateError
 from hull.paths import HullPaths
+from hull.records import dataclass
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from hull.engine.containers import ContainerService
     from hull.engine.db import Database
     from hull.net.networks import NetworkService
@@ -350,6 +356,65 @@ def refresh_peer_hosts(
             continue
 
 
+# ------------------------------------------------------------------ embedded DNS
+
+
+def dns_containers(db: Database) -> dict[str, tuple[str, list[str]]]:
+    """Name and --dns of each container with an endpoint: its name answers reverse
+    lookups, and the DNS server forwards its queries to its --dns servers instead of
+    the host's resolvers (Docker's rule on user networks)."""
+    rows = db.execute(
+        "SELECT c.id, c.name, json_extract(c.run_config, '$.dns') AS dns FROM containers c"
+        " WHERE c.id IN (SELECT container_id FROM net_endpoints)"
+    ).fetchall()
+    return {r["id"]: (r["name"], json.loads(r["dns"] or "[]")) for r in rows}
+
+
+def sync_dns(paths: HullPaths, db: Database, warnings: list[str]) -> bool:
+    """Bring the embedded DNS server in line with the endpoints (start, reload or stop
+    it); False, with a warning, when it cannot serve: names still resolve through
+    /etc/hosts, which is why those entries stay."""
+    from hull.net import dns_control
+
+    try:
+        warnings += dns_control.sync(paths, db, dns_containers(db))
+    except (HullError, OSError) as err:
+        message = err.message if isinstance(err, HullError) else str(err)
+        warnings.append(f"embedded DNS unavailable, names resolve through /etc/hosts: {message}")
+        return False
+    return True
+
+
+def start_dns(
+    paths: HullPaths, db: Database, container_id: str, run: RunConfig, warnings: list[str]
+) -> str | None:
+    """The nameserver of a container on a user network (its gateway), once the DNS
+    server knows the container; None on the default bridge only (no SQL, no server)."""
+    if run.network == "bridge" and not run.extra_networks:
+        return None
+    from hull.net import dns_control
+
+    gateway = dns_control.nameserver_for(db, container_id)
+    if gateway is None or not sync_dns(paths, db, warnings):
+        return None
+    return gateway
+
+
+def check_dns(paths: HullPaths, db: Database) -> None:
+    """Start-up sweep: respawn a dead DNS server, stop one nobody needs. One SQL query
+    and a stat when no user network has containers."""
+    busy = db.execute(
+        "SELECT 1 FROM net_endpoints e JOIN net_networks n ON n.id = e.network_id"
+        " WHERE n.name != 'bridge' LIMIT 1"
+    ).fetchone()
+    if busy is None and not os.path.lexists(paths.runroot / "dns" / "control"):
+        return
+    from hull.net import dns_control
+
+    for warning in dns_control.check(paths, db, dns_containers(db)):
+        print(f"hull: warning: {warning}", file=sys.stderr)
+
+
 # ------------------------------------------------------------------ start
 
 
@@ -408,8 +473,10 @@ def setup(
     if holds_network_state(db, paths, container_id):  # a crash mid-setup: start clean
         teardown(paths, db, container_id)
     service = network_service(paths, db)
-    path = str(netns_path(paths, container_id))
-    create_netns(path)
+    # A microVM has no namespace here: its endpoint is a tap (hull.engine.vmbackend).
+    path = None if run.isolation == "vm" else str(netns_path(paths, container_id))
+    if path is not None:
+        create_netns(path)
     try:
         primary = _connect_all(service, container_id, name, run, path)
         specs = parse_port_specs(run.ports)
@@ -422,8 +489,11 @@ def setup(
         write_in_place(
             container_dir / "hosts", container_hosts_text(db, container_id, run, hostname)
         )
+        nameserver = start_dns(paths, db, container_id, run, warnings)
         (container_dir / "resolv.conf").write_text(
-            resolv_conf(read_host_resolv_conf(), run.dns, own_namespace=True)
+            resolv_conf(
+                read_host_resolv_conf(), [nameserver] if nameserver else run.dns, own_namespace=True
+            )
         )
         refresh_peer_hosts(
             db, paths, container_id, [ep.network_id for ep in endpoints(db, container_id)]
@@ -435,7 +505,7 @@ def setup(
 
 
 def _connect_all(
-    service: NetworkService, container_id: str, name: str, run: RunConfig, path: str
+    service: NetworkService, container_id: str, name: str, run: RunConfig, path: str | None
 ) -> str:
     """Connect to the run's network, then the extra ones; the first address."""
     from hull.errors import NotFoundError
@@ -467,13 +537,22 @@ def teardown(
     the container holds nothing."""
     if not holds_network_state(db, paths, container_id):
         return
-    network_ids = [ep.network_id for ep in endpoints(db, container_id)]
+    held = endpoints(db, container_id)
+    network_ids = [ep.network_id for ep in held]
+    path = str(netns_path(paths, container_id))
     if _holds_rows(db, container_id):
-        (service or network_service(paths, db)).disconnect_all(container_id)
+        # With the namespace gone the kernel deletes the veths itself, in the background
+        # (deleting them here costs 20-40 ms each); they are only taken down meanwhile.
+        from hull.net.netns import netns_exists
+
+        netns_goes = netns_exists(path)
+        (service or network_service(paths, db)).disconnect_all(container_id, netns_goes)
     from hull.net.netns import delete_netns
 
-    delete_netns(str(netns_path(paths, container_id)))
+    delete_netns(path)
     refresh_peer_hosts(db, paths, container_id, network_ids)
+    if any(ep.network != "bridge" for ep in held):
+        sync_dns(paths, db, [])  # its names go; the server goes with the last container
 
 
 # ------------------------------------------------------------------ connect, disconnect
@@ -569,6 +648,10 @@ def connect_running(
     endpoint = service.connect(container_id, path, network, [name, container_id[:12], *aliases], ip)
     _rewrite_own_hosts(paths, db, container_id, run)
     refresh_peer_hosts(db, paths, container_id, [service.get(endpoint.network).id])
+    warnings: list[str] = []
+    sync_dns(paths, db, warnings)
+    for warning in warnings:
+        print(f"hull: warning: {warning}", file=sys.stderr)
 
 
 def disconnect_running(
@@ -579,6 +662,7 @@ def disconnect_running(
     service.disconnect(container_id, net.id)
     _rewrite_own_hosts(paths, db, container_id, run)
     refresh_peer_hosts(db, paths, container_id, [net.id])
+    sync_dns(paths, db, [])
 
 
 def _rewrite_own_hosts(paths: HullPaths, db: Database, container_id: str, run: RunConfig) -> None:
@@ -601,5 +685,10 @@ def check_connect_request(run: RunConfig, network: str) -> None:
         raise ConfigError("a container in network mode 'none' cannot be connected to a network")
     if network in ("host", "none"):
         raise ConfigError(f"container cannot be connected to the {network} network")
+    if run.isolation == "vm":
+        raise ConfigError(
+            "a microVM container has one network card and no hot-plug: it stays on the "
+            "network it was created on"
+        )
     if network in (run.network, *(str(x["network"]) for x in run.extra_networks)):
         raise StateError(f"endpoint already exists in network {network}")

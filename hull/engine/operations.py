@@ -85,6 +85,11 @@ def sample_stats(service: ContainerService, record: ContainerRecord) -> StatsSam
     )
     if not sample.running:
         return sample
+    if record.run.isolation == "vm":  # no cgroup: the guest's figures and QEMU's CPU
+        from hull.engine import vmbackend
+
+        vmbackend.sample_stats(service, record, sample)
+        return sample
     try:
         manager = cgroup_manager(service, record)
         stats = manager.stats()
@@ -252,6 +257,10 @@ def top(
     record = service.get(ref)
     if not _running(record):
         raise StateError(f"container {record.name} is not running")
+    if record.run.isolation == "vm":  # the guest's process table, from its agent
+        from hull.engine import vmbackend
+
+        return vmbackend.top(service, record, ps_args)
     pids = set(cgroup_manager(service, record).pids())
     try:
         proc = subprocess.run(

@@ -9,15 +9,12 @@ a superset of what exists, and sweep() can undo the rest blindly.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import ipaddress
 import json
-import secrets
+import os
 import sqlite3
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from hull.errors import ConfigError, HullError, NotFoundError, StateError
 from hull.net import ipam, links, nft
@@ -31,11 +28,17 @@ from hull.net.ports import (
 )
 from hull.net.store import StateDB
 from hull.paths import HullPaths
+from hull.records import dataclass, field, replace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_NETWORK = "bridge"  # Docker's name for the default network
 DEFAULT_BRIDGE = "hull0"
 # The default network's subnet: the first of these that the host does not route yet.
-DEFAULT_SUBNETS = ["10.88.0.0/16", *(f"172.{n}.0.0/16" for n in range(18, 32))]
+# Not 10.88.0.0/16: that is podman's default, and podman does not check host routes.
+DEFAULT_SUBNETS = ["10.87.0.0/16", *(f"172.{n}.0.0/16" for n in range(18, 32))]
 # User networks without --subnet: the first free /24 of these.
 USER_SUBNET_POOLS = ["10.89.0.0/16", "10.90.0.0/16", "10.91.0.0/16"]
 
@@ -95,10 +98,18 @@ def mac_for(ip: str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in raw)
 
 
-def host_ifname_for(container_id: str, network_id: str) -> str:
-    """veth + 10 hex: stable per (container, network), within IFNAMSIZ."""
-    digest = hashlib.sha256(f"{container_id}/{network_id}".encode()).hexdigest()
-    return "veth" + digest[:10]
+def host_ifname_for(container_id: str, network_id: str, kind: str = "veth") -> str:
+    """veth (or tap, a microVM's) + 10 hex: stable per (container, network), within
+    IFNAMSIZ."""
+    try:
+        # Both ids are random hex (os.urandom): the XOR of their first 40 bits is as
+        # unique as a hash of them, without hashlib (OpenSSL: ~3 ms on `hull run`).
+        return f"{kind}{int(container_id[:10], 16) ^ int(network_id[:10], 16):010x}"
+    except ValueError:
+        import hashlib
+
+        digest = hashlib.sha256(f"{container_id}/{network_id}".encode()).hexdigest()
+        return kind + digest[:10]
 
 
 def pick_subnet(
@@ -171,7 +182,7 @@ class NetworkService:
             raise ConfigError(f"invalid network name {name!r}")
         if name == DEFAULT_NETWORK and not default:
             raise ConfigError(f"{DEFAULT_NETWORK!r} is the default network's name")
-        network_id = secrets.token_hex(32)
+        network_id = os.urandom(32).hex()  # not `secrets`: ~4 ms on `hull run`'s path
         bridge = nft.check_name(bridge or f"hull-{network_id[:10]}", "bridge name")
         with self.db.transaction() as conn:
             if conn.execute("SELECT 1 FROM net_networks WHERE name = ?", (name,)).fetchone():
@@ -348,16 +359,21 @@ class NetworkService:
     def connect(
         self,
         container_id: str,
-        netns_path: str,
+        netns_path: str | None,
         network: str,
         aliases: Iterable[str] = (),
         ip: str | None = None,
     ) -> Endpoint:
         """A veth from the network's bridge into the netns, with a leased address; the
-        container's first network also gets the default route."""
+        container's first network also gets the default route.
+
+        netns_path None: a microVM's endpoint, which has no namespace on the host. It
+        gets a tap on the bridge instead of a veth (QEMU opens it; the guest agent
+        sets the address, MAC and route the endpoint says); lease, row, ports and
+        teardown are a container's."""
         net = self.get(network)
         self._ensure_kernel(net)
-        host_ifname = host_ifname_for(container_id, net.id)
+        host_ifname = host_ifname_for(container_id, net.id, "veth" if netns_path else "tap")
         alias_list = sorted(set(aliases))
         with self.db.transaction() as conn:
             if conn.execute(
@@ -401,7 +417,7 @@ class NetworkService:
                         endpoint.mac,
                         address,
                         json.dumps(alias_list),
-                        netns_path,
+                        netns_path or "",
                         time.time(),
                     ),
                 )
@@ -409,19 +425,22 @@ class NetworkService:
             ipam.release(self.db, net.id, container_id)
             raise
         try:
-            links.add_veth(
-                links.VethSpec(
-                    host_ifname=host_ifname,
-                    bridge=net.bridge,
-                    netns_path=netns_path,
-                    ifname=ifname,
-                    mac=endpoint.mac,
-                    address=address,
-                    prefixlen=net.prefixlen,
-                    gateway=net.gateway if index == 0 else None,
-                    mtu=self.mtu,
+            if netns_path is None:
+                links.add_tap(host_ifname, net.bridge, self.mtu)
+            else:
+                links.add_veth(
+                    links.VethSpec(
+                        host_ifname=host_ifname,
+                        bridge=net.bridge,
+                        netns_path=netns_path,
+                        ifname=ifname,
+                        mac=endpoint.mac,
+                        address=address,
+                        prefixlen=net.prefixlen,
+                        gateway=net.gateway if index == 0 else None,
+                        mtu=self.mtu,
+                    )
                 )
-            )
         except BaseException:
             self._drop_endpoint(container_id, net.id, host_ifname)
             raise
@@ -441,19 +460,28 @@ class NetworkService:
         self._unpublish(container_id, container_ip=row["ip"])
         self._drop_endpoint(container_id, net.id, row["host_ifname"])
 
-    def disconnect_all(self, container_id: str) -> None:
-        """Everything a container holds (for rm and for a failed start)."""
+    def disconnect_all(self, container_id: str, netns_goes: bool = False) -> None:
+        """Everything a container holds (for rm and for a failed start). netns_goes: the
+        caller drops the container's network namespace next, and the kernel deletes its
+        veths with it, in the background: they are only taken down here (links.py)."""
         self._unpublish(container_id)
         for row in self.db.execute(
             "SELECT network_id, host_ifname FROM net_endpoints WHERE container_id = ?",
             (container_id,),
         ).fetchall():
-            self._drop_endpoint(container_id, row["network_id"], row["host_ifname"])
+            self._drop_endpoint(container_id, row["network_id"], row["host_ifname"], netns_goes)
         with self.db.transaction() as conn:  # a lease whose endpoint row never made it
             conn.execute("DELETE FROM net_leases WHERE container_id = ?", (container_id,))
 
-    def _drop_endpoint(self, container_id: str, network_id: str, host_ifname: str) -> None:
-        links.delete_link(host_ifname)
+    def _drop_endpoint(
+        self, container_id: str, network_id: str, host_ifname: str, netns_goes: bool = False
+    ) -> None:
+        if netns_goes:
+            links.retire_link(host_ifname)
+        elif host_ifname.startswith("tap"):  # a microVM's: down now, deleted meanwhile
+            links.retire_tap(host_ifname)
+        else:
+            links.delete_link(host_ifname)
         with self.db.transaction() as conn:
             conn.execute(
                 "DELETE FROM net_endpoints WHERE container_id = ? AND network_id = ?",

@@ -34,7 +34,8 @@ class Hull:
     def __call__(self, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         """Run to completion; stdio to temp files so detached shims never hold our pipes."""
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            kw.setdefault("stdin", subprocess.DEVNULL)
+            if "input" not in kw:
+                kw.setdefault("stdin", subprocess.DEVNULL)
             proc = subprocess.run(self.cmd(*args), stdout=out, stderr=err, timeout=timeout, **kw)
             out.seek(0)
             err.seek(0)
@@ -78,6 +79,25 @@ def cgroup_dirs_for(container_id: str) -> list[str]:
         if os.path.isdir(path):
             found.append(path)
     return found
+
+
+def isolated_engine_session(paths: HullPaths, monkeypatch) -> Iterator[Hull]:  # type: ignore[no-untyped-def]
+    """engine_session on a default bridge, subnet and nft table of the test's own (never
+    the host's hull0: `hull run` is on the bridge unless told otherwise), removed after."""
+    import random
+    import secrets
+
+    from hull.net import links, nft
+
+    tag = secrets.token_hex(3)
+    monkeypatch.setenv("HULL_BRIDGE", f"hulleb{tag}")
+    monkeypatch.setenv("HULL_NFT_TABLE", f"hullet{tag}")
+    monkeypatch.setenv("HULL_BRIDGE_SUBNET", f"10.212.{random.randrange(256)}.0/24")
+    try:
+        yield from engine_session(paths)
+    finally:
+        links.delete_link(f"hulleb{tag}")
+        nft.delete_table(f"hullet{tag}")
 
 
 def engine_session(paths: HullPaths) -> Iterator[Hull]:

@@ -11,15 +11,15 @@ import pytest
 
 from tests.integration.engine_helpers import (
     cgroup_dirs_for,
-    engine_session,
+    isolated_engine_session,
     overlay_mounts_under,
     wait_for,
 )
 
 
 @pytest.fixture
-def hull(hull_paths):
-    yield from engine_session(hull_paths)
+def hull(hull_paths, monkeypatch):
+    yield from isolated_engine_session(hull_paths, monkeypatch)
 
 
 def test_run_rm_returns_the_exit_code_and_leaves_nothing(hull):
@@ -292,8 +292,9 @@ def test_run_isolation_vm_has_its_own_kernel(hull):
     assert who == "vm"
     assert "oops" in result.stderr
     assert hull.ok("ps", "-aq") == ""
-    detached = hull("run", "-d", "--isolation=vm", "busybox", "true")
-    assert detached.returncode == 125 and "attached" in detached.stderr
+    cid = hull.ok("run", "-d", "--isolation=vm", "busybox", "sh", "-c", "exit 4", timeout=300)
+    assert hull.ok("wait", cid.strip(), timeout=120).strip() == "4"
+    hull.ok("rm", cid.strip())
 
 
 def test_restart_always_after_the_supervisor_is_killed(hull):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.engine_helpers import (
-    engine_session,
+    isolated_engine_session,
     overlay_mounts_under,
     wait_for,
 )
@@ -26,8 +26,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def hull(hull_paths):
-    yield from engine_session(hull_paths)
+def hull(hull_paths, monkeypatch):
+    yield from isolated_engine_session(hull_paths, monkeypatch)
 
 
 def test_stats_top_and_port(hull):

@@ -30,7 +30,8 @@ def _run(argv: list[str]) -> RunConfig:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["busybox"], {"image": "busybox", "command": None, "network": "none"}),
+        (["busybox"], {"image": "busybox", "command": None, "network": "bridge"}),
+        (["--isolation", "vm", "busybox"], {"network": "none"}),  # a microVM: no network yet
         (["busybox", "sh", "-c", "echo -l x"], {"command": ["sh", "-c", "echo -l x"]}),
         (
             ["-it", "--rm", "busybox", "ls", "-l", "-d"],

@@ -1,0 +1,90 @@
+"""`hull run --rm` in the foreground: the hull process supervises, no shim.
+
+What must hold without a shim: stdio and exit codes pass straight through, stdin
+is the container's only with -i, stop/kill from another hull process work, and a
+kill -9 of the foreground hull leaves the container running, found by the sweep
+and removed once it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.engine_helpers import (
+    Hull,
+    isolated_engine_session,
+    overlay_mounts_under,
+    shim_pids,
+    wait_for,
+)
+
+
+@pytest.fixture
+def hull(hull_paths, monkeypatch):
+    yield from isolated_engine_session(hull_paths, monkeypatch)
+
+
+def _running(hull: Hull, name: str) -> bool:
+    return name in hull.ok("ps", "--format", "{{.Names}}").split()
+
+
+def _start_foreground(hull: Hull, name: str, *command: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        hull.cmd("run", "--rm", "--network", "none", "--name", name, "busybox", *command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: _running(hull, name))
+    return proc
+
+
+def test_foreground_rm_uses_no_shim_and_passes_stdio_through(hull: Hull) -> None:
+    result = hull(
+        "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+        "echo out; echo err >&2; ls /proc/self/fd | wc -l; exit 7",
+    )  # fmt: skip
+    assert result.returncode == 7
+    out_lines = result.stdout.splitlines()
+    assert out_lines[0] == "out" and result.stderr == "err\n"
+    # stdin, stdout, stderr and the fd ls opened: no host fd leaked in
+    assert int(out_lines[1]) == 4
+    assert shim_pids(hull.paths.runroot) == []
+    assert hull.ok("ps", "-aq") == ""
+
+
+def test_stdin_reaches_the_container_only_with_i(hull: Hull) -> None:
+    with_i = hull("run", "--rm", "-i", "--network", "none", "busybox", "cat", input=b"hello\n")
+    assert with_i.stdout == "hello\n"
+    without = hull("run", "--rm", "--network", "none", "busybox", "cat", input=b"hello\n")
+    assert without.returncode == 0 and without.stdout == ""
+
+
+def test_stop_from_another_hull_process(hull: Hull) -> None:
+    script = "trap 'echo got-term; exit 5' TERM; while :; do sleep 0.1; done"
+    proc = _start_foreground(hull, "fg-stop", "sh", "-c", script)
+    hull.ok("stop", "-t", "5", "fg-stop")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 5 and "got-term" in out
+    wait_for(lambda: hull.ok("ps", "-aq") == "")
+
+
+def test_killed_foreground_hull_leaves_the_container_to_the_sweep(hull: Hull) -> None:
+    marker = "/tmp/fg-sweep-done"
+    proc = _start_foreground(hull, "fg-orphan", "sh", "-c", f"sleep 1.5; touch {marker}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    # Still running without its supervisor, and still listed.
+    assert _running(hull, "fg-orphan")
+    time.sleep(2.5)
+    # Once it exited, the next hull invocation's sweep records it and applies --rm.
+    wait_for(lambda: hull.ok("ps", "-aq") == "", timeout=10)
+    assert overlay_mounts_under(hull.paths.root) == []
+    containers = hull.paths.root / "containers"
+    assert not containers.exists() or os.listdir(containers) == []
