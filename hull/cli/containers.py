@@ -80,6 +80,37 @@ def create(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    worker = _early_stage1(args)
+    try:
+        return _run(args, worker)
+    finally:
+        if worker is not None:
+            worker.discard()  # unused (an error, another path): it exits; a no-op once taken
+
+
+def _early_stage1(args: argparse.Namespace):
+    """A foreground `run --rm` without a tty runs the runtime in this process
+    (run_foreground): fork the container's stage 1 now, before the engine's own
+    imports, state and mounts, so that it loads the runtime meanwhile instead of
+    after them (hull.runtime.prefork). Every other run goes through a shim."""
+    if not args.rm or args.detach or args.tty or args.isolation != "container":
+        return None
+    if not args.interactive:
+        # What run_foreground does, done before the fork: the worker's fd 0 is the
+        # container's stdin, /dev/null without -i (as Docker's).
+        fd = os.open(os.devnull, os.O_RDONLY)
+        if fd != 0:
+            os.dup2(fd, 0)
+            os.close(fd)
+    from hull.runtime.prefork import prefork
+
+    try:
+        return prefork(seccomp=True)  # the engine's default profile, most likely
+    except OSError:
+        return None  # only an optimization: the runtime forks stage 1 itself
+
+
+def _run(args: argparse.Namespace, stage1_worker=None) -> int:
     from hull.cli.run_flags import run_config_from_args
 
     config = run_config_from_args(args)
@@ -89,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     service = _service(args)
     record = service.create(config)
     if config.isolation == "vm" and not config.detach:
-        if config.mounts:  # virtiofs needs the supervised VM (hull.vm.supervisor)
+        if config.mounts or config.tty or config.interactive:  # the supervised VM's
             return _run_attached(service, record, config)
         return service.run_vm(record.id)
     if config.detach:
@@ -103,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if config.rm and not config.tty:
         # Nothing outlives a foreground --rm run: no shim, the runtime in-process.
-        return service.run_foreground(record.id, interactive=config.interactive)
+        return service.run_foreground(
+            record.id, interactive=config.interactive, stage1_worker=stage1_worker
+        )
     return _run_attached(service, record, config)
 
 
@@ -194,10 +227,9 @@ def pump(client, interactive: bool, tty: bool) -> None:
 
 
 def _send_size(client, fd: int) -> None:
-    import shutil
-
-    size = shutil.get_terminal_size()
+    """The real window size of fd (not $LINES/$COLUMNS, which shutil prefers)."""
     try:
+        size = os.get_terminal_size(fd)
         client.resize(size.lines, size.columns)
     except OSError:
         pass

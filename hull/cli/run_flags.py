@@ -261,7 +261,7 @@ def run_config_from_args(ns: argparse.Namespace) -> RunConfig:
         if ns.stop_timeout is not None
         else None,
         isolation=ns.isolation,
-        network=ns.network if ns.network is not None else rc.DEFAULT_NETWORK,
+        network=ns.network if ns.network is not None else rc.default_network(ns.isolation),
         ports=list(ns.publish),
         publish_all=ns.publish_all,
         network_aliases=list(ns.network_alias),

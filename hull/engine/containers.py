@@ -217,13 +217,10 @@ class ContainerService:
 
     def create(self, run: RunConfig) -> ContainerRecord:
         """Docker's create: resolve (or pull) the image, name, dirs, a row."""
-        if run.isolation == "vm" and (run.detach or run.tty or run.interactive):
-            raise HullError(
-                "--isolation=vm runs attached, without -d, -i or -t, for now: detached "
-                "microVMs need a supervisor that is not built yet"
-            )
-        if run.isolation == "vm" and run.mounts:
-            raise HullError("--isolation=vm does not support volumes or mounts yet")
+        if run.isolation == "vm":
+            from hull.engine.vmbackend import check_run_config
+
+            check_run_config(run)
         self._check_network_exists(run)
         image = self._image_for(run)
         cid = os.urandom(32).hex()
@@ -367,17 +364,22 @@ class ContainerService:
                         (record.id,),
                     )
                 mounted = self.mount_rootfs(record, layout)
-                warnings: list[str] = []
-                networked = True
-                plan = self._setup_network(record, layout, warnings)
-                self._write_config(record, layout, plan, warnings)
-                shim = self._spawn_shim(record, layout)
-                if before_start is not None:
-                    before_start(record, layout.shim_dir)
-                from hull.runtime.container import start as runtime_start
-                from hull.runtime.state import StateStore
+                if record.run.isolation == "vm":
+                    from hull.engine import vmbackend
 
-                runtime_start(StateStore(str(layout.runtime_root)), record.id)
+                    shim = vmbackend.start(self, record, layout, before_start)
+                else:
+                    warnings: list[str] = []
+                    networked = True
+                    plan = self._setup_network(record, layout, warnings)
+                    self._write_config(record, layout, plan, warnings)
+                    shim = self._spawn_shim(record, layout)
+                    if before_start is not None:
+                        before_start(record, layout.shim_dir)
+                    from hull.runtime.container import start as runtime_start
+                    from hull.runtime.state import StateStore
+
+                    runtime_start(StateStore(str(layout.runtime_root)), record.id)
                 with self.db.transaction() as conn:
                     conn.execute(
                         "UPDATE containers SET state = ?, pid = ?, shim_pid = ?, started_at = ?,"
@@ -392,7 +394,7 @@ class ContainerService:
             raise
         return self.get(record.id)
 
-    def run_foreground(self, ref: str, interactive: bool = False) -> int:
+    def run_foreground(self, ref: str, interactive: bool = False, stage1_worker=None) -> int:
         """`run --rm` in the foreground without a tty: this process supervises.
 
         Nothing outlives the container, so no shim, no log file and no second
@@ -401,6 +403,10 @@ class ContainerService:
         goes into the row before the process starts, so `hull stop`/`kill` from
         elsewhere work; if this process is killed, the container keeps running
         and the sweep records and removes it once it exits.
+
+        stage1_worker: the container's stage 1, forked by the CLI before our own
+        set-up (hull.runtime.prefork); the runtime takes it, the caller discards
+        it when unused.
         """
         from hull.runtime.container import run as runtime_run
         from hull.runtime.state import StateStore
@@ -436,6 +442,7 @@ class ContainerService:
                 record.id,
                 str(layout.bundle),
                 on_created=on_created,
+                stage1_worker=stage1_worker,
             )
         except BaseException as err:
             if locked:
@@ -554,7 +561,9 @@ class ContainerService:
         tmp.write_text(json.dumps(spec))
         os.replace(tmp, layout.bundle / "config.json")
 
-    def _spawn_shim(self, record: ContainerRecord, layout: ContainerLayout) -> ShimHandle:
+    def _spawn_shim(
+        self, record: ContainerRecord, layout: ContainerLayout, runtime: list[str] | None = None
+    ) -> ShimHandle:
         from hull.engine.shim import ShimOptions, spawn_shim
 
         # A crash between spawn and start leaves a shim and a runtime entry behind:
@@ -581,7 +590,7 @@ class ContainerService:
             ShimOptions(
                 id=record.id,
                 bundle=str(layout.bundle),
-                runtime=_runtime_binary(),
+                runtime=runtime or _runtime_binary(),
                 runtime_root=str(layout.runtime_root),
                 log_path=str(layout.log),
                 log_max_size=_size_opt(run.log_opts.get("max-size")),
@@ -632,55 +641,40 @@ class ContainerService:
         erofs root disk, cached per chain ID; the process is what config.json
         would say for a container.
         """
-        from hull.engine.spec import build_spec
-        from hull.oci.image import chain_ids
-        from hull.vm.sandbox import run_in_vm
+        from hull.engine import vmbackend
 
         record = self.get(ref)
         layout = self.layout(record)
         image = self.images.catalog.get(record.image_id)
         if image is None:
             raise NotFoundError(f"the image of container {record.name} is gone")
-        mounted = self.mount_rootfs(record, layout)
+        # The layers are read only to build the image's root disk (cached per chain ID)
+        # and to look a user name up: mounting (and lazily unmounting, 4-250 ms under
+        # load) them for every run would be waste.
+        mounted = False
+        if not _vm_disk_cached(self.paths, image.diff_ids) or _names_a_user(record.run.user):
+            mounted = self.mount_rootfs(record, layout)
         self.db.execute(
             "UPDATE containers SET state = ?, started_at = ? WHERE id = ?",
             (RUNNING, time.time(), record.id),
         )
         code = 255
         try:
-            spec = build_spec(
-                record.run,
-                (image.config or {}).get("config") or {},
-                record.id,
-                layout.dir,
-                layout.rootfs,
-            )
-            process = spec["process"]
-            user = process.get("user") or {}
-            memory = record.run.memory
-            code = run_in_vm(
-                layout.rootfs,
-                process["args"],
-                process.get("env") or [],
-                process.get("cwd") or "/",
-                memory_mib=max(128, (memory or 0) >> 20),
-                cpus=max(1, int(-(-(record.run.cpus or 1) // 1))),
-                uid=user.get("uid", 0),
-                gid=user.get("gid", 0),
-                gids=user.get("additionalGids") or [],
-                hostname=spec.get("hostname"),
-                chain_id=chain_ids(image.diff_ids)[-1] if image.diff_ids else None,
-                paths=self.paths,
-            )
+            code = vmbackend.run_attached(self, record, layout)
         finally:
             if mounted:
                 _detach_rootfs(layout)
+            self._teardown_network(record.id)
             self.db.execute(
                 "UPDATE containers SET state = ?, exit_code = ?, finished_at = ? WHERE id = ?",
                 (EXITED, code, time.time(), record.id),
             )
         if record.run.rm:
-            self.remove(record.id, force=True, volumes=True)
+            # No shim, runtime state or mount to undo: the row and the directory.
+            with ContainerLock(layout):
+                self.db.execute("DELETE FROM containers WHERE id = ?", (record.id,))
+                _rmtree(layout.dir)
+            _rmtree(layout.shim_dir)
         return code
 
     # ------------------------------------------------------------------ signals
@@ -689,6 +683,11 @@ class ContainerService:
         record = self.get(ref)
         if record.state not in (RUNNING, PAUSED):
             raise StateError(f"container {record.name} is not running")
+        if record.run.isolation == "vm":
+            from hull.engine import vmbackend
+
+            vmbackend.signal(self, record, signal)
+            return record
         from hull.runtime.container import kill
         from hull.runtime.state import StateStore
 
@@ -712,23 +711,29 @@ class ContainerService:
         if timeout is None:
             timeout = run.stop_timeout if run.stop_timeout is not None else 10
         for _ in range(3):  # a restart that won the race before the flag: stop it too
-            record = self.get(record.id)
+            try:
+                record = self.get(record.id)
+            except NotFoundError:
+                return record  # an --rm container, removed by whoever saw it exit
             if record.state not in (RUNNING, PAUSED):
                 break
             if record.state == PAUSED:
                 self.unpause(record.id)
             try:
                 self.kill(record.id, parse_signal(run.stop_signal or "SIGTERM"))
-            except StateError:
-                pass
+            except (StateError, NotFoundError):
+                pass  # already exited (and, with --rm, removed by its supervisor)
             if self._wait_exit(record, timeout) is None:
                 try:
                     self.kill(record.id, 9)
-                except StateError:
+                except (StateError, NotFoundError):
                     pass
                 self._wait_exit(record, 30)
             self.cleanup(record.id, from_stop=True)
-        return self.get(record.id)
+        try:
+            return self.get(record.id)
+        except NotFoundError:
+            return record
 
     def pause(self, ref: str) -> None:
         record = self.get(ref)
@@ -745,6 +750,10 @@ class ContainerService:
         self.db.execute("UPDATE containers SET state = ? WHERE id = ?", (RUNNING, record.id))
 
     def _runtime_verb(self, record: ContainerRecord, verb: str) -> None:
+        if record.run.isolation == "vm":
+            from hull.engine import vmbackend
+
+            return vmbackend.pause(self, record, resume=verb == "resume")
         from hull.runtime.container import _cgroup
         from hull.runtime.state import StateStore
 
@@ -818,6 +827,10 @@ class ContainerService:
             oom = self._oom_killed(record, layout)
             self._runtime_delete(record.id, layout)
             _detach_rootfs(layout)
+            if record.run.isolation == "vm":
+                from hull.engine import vmbackend
+
+                vmbackend.cleanup(layout)
             try:
                 self._teardown_network(record.id)
             except HullError as err:  # the sweep retries; the exit must still be recorded
@@ -883,6 +896,13 @@ class ContainerService:
             check_dns(self.paths, self.db)
         except HullError as err:
             print(f"hull: warning: embedded DNS: {err.message}", file=sys.stderr)
+        if (self.paths.runroot / "vm-pool").is_dir():  # a stat: hull.vm.pool is heavy
+            try:
+                from hull.vm import pool
+
+                pool.sweep(self.paths)
+            except (HullError, OSError) as err:
+                print(f"hull: warning: sweeping the microVM pool: {err}", file=sys.stderr)
 
     def _sweep_network(self) -> None:
         """Network state of containers that are not running and that no `hull` process
@@ -941,6 +961,10 @@ class ContainerService:
                 return record.id
         layout = self.layout(record)
         _kill_old_shim(layout)
+        if record.run.isolation == "vm":  # a VM created but never started: end it now
+            from hull.engine import vmbackend
+
+            vmbackend.cleanup(layout)
         self._runtime_delete(record.id, layout)
         try:
             with ContainerLock(layout):
@@ -1165,6 +1189,21 @@ def _unpacked_layers(paths: HullPaths, diff_ids: list[str]) -> list[Path] | None
             return None
         dirs.append(layer_dir(paths.root, chain_id) / "diff")
     return dirs
+
+
+def _vm_disk_cached(paths: HullPaths, diff_ids: list[str]) -> bool:
+    """The image's microVM root disk is built already (hull.vm.rootdisk names it)."""
+    if not diff_ids:
+        return False
+    from hull.oci.image import chain_ids
+
+    chain = chain_ids(diff_ids)[-1].removeprefix("sha256:")
+    return (paths.vm / "disks" / f"{chain}.erofs").is_file()
+
+
+def _names_a_user(user: str | None) -> bool:
+    """-u NAME or -u UID:GROUPNAME: resolving it reads the image's /etc files."""
+    return bool(user) and not all(part.isdigit() for part in (user or "").split(":"))
 
 
 def _pick(words: tuple[str, ...]) -> str:

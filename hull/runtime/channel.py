@@ -1,10 +1,9 @@
 """A line protocol over two pipes between the runtime and its forked children.
 
 Pipes rather than a socketpair: `import socket` costs milliseconds on the
-start path and pipes are all a parent and child need.
+start path and pipes are all a parent and child need. No `from __future__`:
+the launcher imports this module before it forks stage 1 (hull.runtime.prefork).
 """
-
-from __future__ import annotations
 
 import os
 
@@ -24,7 +23,7 @@ class Channel:
         self._buf = b""
 
     @classmethod
-    def pair(cls) -> tuple[Channel, Channel]:
+    def pair(cls) -> "tuple[Channel, Channel]":
         """(parent end, child end); every fd is close-on-exec."""
         down_r, down_w = os.pipe2(os.O_CLOEXEC)
         up_r, up_w = os.pipe2(os.O_CLOEXEC)

@@ -50,8 +50,9 @@ VERBS = {
     "spec": "spec",
     "features": "features",
 }
-# Verbs that start a container: their stage 1 is forked before anything else is
-# imported, so it loads ctypes and the init modules while we read the config.
+# Verbs that start a container (prefork.PREFORK_VERBS): their stage 1 is forked
+# before anything else is imported, so it loads ctypes and the init modules
+# while we read the config. The launcher forks it; main() does when it did not.
 PREFORK_VERBS = ("create", "run")
 
 USAGE = """usage: hull-runtime [global options] COMMAND [options] [args]
@@ -80,7 +81,7 @@ class Context:
         from hull.runtime.state import DEFAULT_ROOT
 
         self.root: str = opts.get("root") or DEFAULT_ROOT
-        # init.Stage1Worker for create/run (see PREFORK_VERBS); they hand it to create().
+        # prefork.Stage1Worker for create/run (see PREFORK_VERBS); they hand it to create().
         self.stage1_worker = stage1_worker
         self.log_path: str | None = opts.get("log")
         self.log_format: str = opts.get("log_format") or "text"
@@ -159,10 +160,12 @@ def parse_flags(argv: list[str], flags: Flags, stop_after: int = 0):
     return opts, args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stage1_worker=None) -> int:
+    """stage1_worker: the prefork.Stage1Worker the launcher forked (from_argv)
+    for this argv; main discards it whatever happens, unless create() took it."""
     argv = sys.argv[1:] if argv is None else argv
     ctx = None
-    worker = None
+    worker = stage1_worker
     try:
         gopts, rest = parse_flags(argv, GLOBAL_FLAGS, stop_after=1)
         if gopts.get("version"):
@@ -172,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             print(USAGE.format(spec=SPEC_VERSION), end="")
             return 0 if gopts.get("help") else 2
         verb, verb_args = rest[0], rest[1:]
-        if verb in PREFORK_VERBS and "--help" not in verb_args:
-            from hull.runtime.init import prefork
+        if worker is None and verb in PREFORK_VERBS and not {"--help", "-h"} & set(verb_args):
+            from hull.runtime.prefork import prefork
 
             worker = prefork()
         ctx = Context(gopts, worker)

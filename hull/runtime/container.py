@@ -13,7 +13,8 @@ from hull.errors import ConfigError, NotFoundError, StateError
 from hull.oci import runtime_spec
 from hull.runtime import fastjson
 from hull.runtime.channel import Channel, ChannelClosed, ChildError
-from hull.runtime.init import InitRequest, Stage1Worker, child_main, flush_stdio, stage1
+from hull.runtime.init import InitRequest, child_main, flush_stdio, stage1
+from hull.runtime.prefork import Stage1Worker
 from hull.runtime.state import (
     CREATED,
     PAUSED,
@@ -54,8 +55,8 @@ def _cgroup(state: ContainerState):
     return manager_for(state.data.get("cgroup_path"), state.id, mounts=state.cgroup_mounts)
 
 
-def _check_host_support(config: dict, namespaces: dict[str, str | None]) -> None:
-    """Fail before fork on what the host plainly lacks or the config gets wrong."""
+def _check_host_support(namespaces: dict[str, str | None]) -> None:
+    """Fail before stage 1 has its request on what the host plainly lacks."""
     for kind, path in namespaces.items():
         if path is not None and not os.path.exists(path):
             raise ConfigError(f"{kind} namespace path {path} does not exist")
@@ -63,7 +64,17 @@ def _check_host_support(config: dict, namespaces: dict[str, str | None]) -> None
             name = runtime_spec.NS_PROC_NAMES[kind]
             if not os.path.exists(f"/proc/self/ns/{name}"):
                 raise ConfigError(f"this kernel has no {kind} namespace support")
-    process = config["process"]
+
+
+def _check_process(process: dict) -> None:
+    """Reject rlimits and capabilities this host cannot give, with a clear message.
+
+    Called once stage 1 has "go": it cannot pass its cgroup join before that, so
+    the checks cost the start nothing (stage 1 is busy meanwhile), and a failure
+    aborts before any hook runs and leaves nothing behind (_abort). The seccomp
+    profile needs no check here: stage 1 compiles it before "go" and reports
+    libseccomp's refusal as an error.
+    """
     if process.get("rlimits"):
         from hull.runtime.linux import rlimits
 
@@ -72,11 +83,6 @@ def _check_host_support(config: dict, namespaces: dict[str, str | None]) -> None
         from hull.runtime.linux import capabilities
 
         capabilities.validate(process["capabilities"])
-    seccomp = (config.get("linux") or {}).get("seccomp")
-    if seccomp:
-        from hull.runtime.linux import seccomp as seccomp_mod
-
-        seccomp_mod.validate(seccomp)
 
 
 def state_json(state: ContainerState, status: str | None = None) -> str:
@@ -118,7 +124,7 @@ def create(
     """Set up the container and leave its process waiting for start.
 
     config: the bundle's config.json when the caller already loaded it (run).
-    stage1_worker: a stage 1 forked early by the caller (init.prefork); used
+    stage1_worker: a stage 1 forked early by the caller (prefork.prefork); used
     unless a console fd must be handed down, and reaped here once taken.
     """
     bundle = os.path.abspath(bundle)
@@ -128,7 +134,7 @@ def create(
     if not os.path.isdir(rootfs):
         raise ConfigError(f"rootfs {rootfs} does not exist or is not a directory")
     namespaces = runtime_spec.namespaces_of(config)
-    _check_host_support(config, namespaces)
+    _check_host_support(namespaces)
     linux = config.get("linux") or {}
     process = config["process"]
     if process.get("terminal") and not console_socket and not run_mode:
@@ -206,6 +212,7 @@ def create(
             cg.apply(stage1_pid or init_pid)
         go = {"paths": _cgroup_mount_names(cg, v2), "v2": v2, "self_join": cg.self_join_files()}
         chan.send("go", fastjson.dumps(go))
+        _check_process(process)
         state.save()  # "creating", while stage 1 joins and forks PID 1
         while True:
             kind, payload = chan.recv()
@@ -238,8 +245,9 @@ def create(
             late_join(cg, init_pid, background=True)
         return state, chan
     except ChannelClosed:
+        message = _last_error(chan)
         _abort(state, cg, chan, stage1_pid, init_pid)
-        raise StateError("container init exited during setup") from None
+        raise StateError(message or "container init exited during setup") from None
     except ChildError as err:
         _abort(state, cg, chan, stage1_pid, init_pid)
         raise StateError(str(err)) from None
@@ -249,6 +257,20 @@ def create(
     finally:
         if console_fd is not None:
             os.close(console_fd)
+
+
+def _last_error(chan: Channel | None) -> str | None:
+    """What a child reported before it exited, when our send found it gone (its
+    message and exit can come before we read: a failed unshare before "go")."""
+    if chan is None:
+        return None
+    try:
+        while True:
+            kind, payload = chan.recv()  # no writer is left: data, then EOF
+            if kind == "error":
+                return payload
+    except (ChannelClosed, OSError, UnicodeDecodeError):
+        return None
 
 
 def _cgroup_mount_names(cg, v2: bool) -> dict[str, str]:
@@ -276,6 +298,9 @@ def late_join(cg: CgroupManager, pid: int, background: bool = False) -> None:
         if os.fork() != 0:
             return
         os.setsid()
+        # Hold nothing of create's: the channel's read end above all, where stage 2
+        # would otherwise leave a `start` error unread instead of on its stderr.
+        os.closerange(3, 1 << 20)
     for directory in dirs:
         try:
             with open(os.path.join(directory, "cgroup.procs"), "w") as f:
@@ -431,7 +456,10 @@ def run(
     if not detach:
         for signum in FORWARDED_SIGNALS:
             _signal.signal(signum, lambda s, _f: _forward(pid, s))
-    chan.send("start")
+    try:
+        chan.send("start")
+    except ChannelClosed:
+        pass  # it failed ahead of "start" (run drops privileges early): its error is queued
     try:
         state.save()  # "created": from now on the status is derived (running, stopped)
     except BaseException:
@@ -440,6 +468,18 @@ def run(
         raise
     if detach:
         late_join(_cgroup(state), pid)
+    if not detach and master is None and not (config.get("hooks") or {}).get("poststart"):
+        # Nothing to do between the exec and the exit: wait for the exit alone (an
+        # exec error is in the channel by then) rather than wake up at the exec too.
+        code = wait_exit(pid)
+        os.set_blocking(chan.rfd, False)
+        exec_error = _last_error(chan)
+        chan.close()
+        if exec_error is not None:
+            os.write(2, f"hull-runtime: {exec_error}\n".encode())
+        if not keep:
+            destroy(store, state, config, reaped=True)
+        return code
     exec_error = None
     try:
         kind, payload = chan.recv()
@@ -464,8 +504,17 @@ def run(
     if exec_error is not None:
         os.write(2, f"hull-runtime: {exec_error}\n".encode())
     if not keep:
-        destroy(store, state, config)
+        destroy(store, state, config, reaped=True)
     return code
+
+
+def _own_pid_namespace(config: dict | None) -> bool:
+    if config is None:
+        return False
+    for ns in (config.get("linux") or {}).get("namespaces") or []:
+        if ns.get("type") == "pid":
+            return not ns.get("path")
+    return False
 
 
 def _forward(pid: int, signum: int) -> None:
@@ -512,13 +561,22 @@ def delete(store: StateStore, container_id: str, force: bool = False) -> None:
     destroy(store, state)
 
 
-def destroy(store: StateStore, state: ContainerState, config: dict | None = None) -> None:
+def destroy(
+    store: StateStore, state: ContainerState, config: dict | None = None, reaped: bool = False
+) -> None:
     """Kill what is left, remove the cgroup, run poststop hooks, drop the state.
 
     config: the bundle's config when the caller has it (run), else it is read.
+    reaped: the caller waited for the init (run): when it was PID 1 of its own pid
+    namespace, the kernel killed and waited for every other process in it, so the
+    cgroup is removed at once; the search for processes left is the fallback.
     """
     cg = _cgroup(state)
-    if state.alive():
+    if reaped and _own_pid_namespace(config) and cg.try_destroy():
+        run_state_hooks(_config_of(state) if config is None else config, "poststop", state, STOPPED)
+        store.remove(state.id)
+        return
+    if not reaped and state.alive():
         try:
             os.kill(state.pid, 9)
         except ProcessLookupError:

@@ -81,108 +81,21 @@ class InitRequest:
         return cls(**fastjson.loads(text))
 
 
-class Stage1Worker:
-    """A stage 1 forked at the start of `hull-runtime run`/`create`, before the config
-    is read: it imports ctypes and the init modules (about 4 ms) while the runtime
-    reads the config, then gets its InitRequest over the channel instead of at fork.
+def worker_main(chan: Channel, pid1: bool, cpus: set[int], seccomp: bool = False) -> None:
+    """A Stage1Worker (hull.runtime.prefork) after its fork: preload, wait for the
+    request, then be stage 1 (or, as PID 1 already, the container's init); exit
+    quietly when not used. Never returns.
 
-    pid1: it was forked into a new pid namespace (linux.pidns): it is PID 1
-    already, so for a config that asks for just that it becomes the container's
-    init itself, without stage 1's second fork (see usable_for).
-
-    Not a zygote: it belongs to this one invocation and runs this one container
-    (or exits when the runtime does not use it). create() takes it over; the
-    owner calls discard() afterwards in any case.
+    seccomp: the config will likely have a profile (the engine's do): load ctypes
+    and libseccomp now, while the caller is still busy, rather than after "req".
     """
-
-    __slots__ = ("pid", "chan", "pid1")
-
-    def __init__(self, pid: int, chan: Channel, pid1: bool = False) -> None:
-        self.pid = pid
-        self.chan = chan
-        self.pid1 = pid1
-
-    def usable_for(self, namespaces: dict[str, str | None]) -> bool:
-        """A PID 1 worker fits a new pid namespace without a user namespace (which
-        must own the pid namespace) or a time namespace (which, like a pid
-        namespace, only a child enters); a plain one fits any config."""
-        if not self.pid1:
-            return True
-        return (
-            "pid" in namespaces
-            and namespaces["pid"] is None
-            and "user" not in namespaces
-            and "time" not in namespaces
-        )
-
-    def take(self) -> tuple[int, Channel]:
-        """Hand the process and its channel to create(), which reaps it."""
-        pid, chan = self.pid, self.chan
-        self.pid = 0
-        return pid, chan
-
-    def discard(self) -> None:
-        """Unused: closing the channel makes it exit; reap it."""
-        if not self.pid:
-            return
-        self.chan.close()
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-        self.pid = 0
-
-
-def prefork() -> Stage1Worker:
-    """Fork a stage 1 that waits for its request (holds no fd but stdio and the channel),
-    as PID 1 of a new pid namespace when the kernel lets us."""
-    chan, child_chan = Channel.pair()
-    flush_stdio()
-    cpus = os.sched_getaffinity(0)
-    pid1 = True
-    try:
-        from hull.runtime.linux.pidns import fork_pid1
-
-        pid = fork_pid1()
-    except OSError:
-        pid1 = False
-        pid = os.fork()
-    if pid == 0:
-        chan.close()
-        _worker_main(child_chan, pid1, cpus)
-    child_chan.close()
-    _start_elsewhere(pid, cpus)
-    return Stage1Worker(pid, chan, pid1)
-
-
-def _start_elsewhere(pid: int, cpus: set[int]) -> None:
-    """Move the new worker off our CPU, so that it starts now, not when we yield.
-
-    We go on importing at once; a fork child queued behind a busy parent waits
-    for the load balancer (1-3 ms measured here), and stage 1 is what the
-    container's start waits for. The worker restores the full set (see
-    _worker_main) once its request came, i.e. after this call.
-    """
-    if len(cpus) < 2:
-        return
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            here = int(f.read().rsplit(b")", 1)[1].split()[36])  # field 39: processor
-        others = cpus - {here}
-        if others:
-            os.sched_setaffinity(pid, others)
-    except (OSError, ValueError, IndexError):
-        pass  # only an optimization
-
-
-def _worker_main(chan: Channel, pid1: bool, cpus: set[int]) -> None:
-    """Preload, wait for the request, then be stage 1 (or, as PID 1 already, the
-    container's init); exit quietly when not used."""
     try:
         from hull.runtime.linux import syscalls as sc
 
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _preload_init_modules()
+        if seccomp:
+            _preload_seccomp()
         kind, payload = chan.recv()
         if kind != "req":
             raise ChannelClosed()
@@ -198,6 +111,15 @@ def _preload_init_modules() -> None:
     import hull.runtime.linux.namespaces  # noqa: F401
     import hull.runtime.linux.rootfs  # noqa: F401
     import hull.runtime.process  # noqa: F401
+
+
+def _preload_seccomp() -> None:
+    try:
+        from hull.runtime.linux import seccomp
+
+        seccomp.preload()
+    except HullError:
+        pass  # no libseccomp: a profile in the config fails later, with this message
 
 
 def _preload_late_modules() -> None:
@@ -237,8 +159,11 @@ def _trace() -> None:
 
 
 def _report(chan: Channel, message: str) -> None:
+    """Tell the runtime, which says it once (on stderr, in --log); only when nobody
+    listens any more (`start` after `create` exited) is stderr ours to write."""
     try:
         chan.send("error", message)
+        return
     except Exception:  # noqa: BLE001
         pass
     try:

@@ -18,8 +18,8 @@ TEMPLATE = """#!{python} -IS
 # Written by `python -m hull.runtime.launcher`: no `site`, see its docstring.
 import sys
 sys.path[:0] = {paths!r}
-from {module} import main
-code = main()
+{prelude}from {module} import main
+code = main({main_args})
 try:
     sys.stdout.flush()
     sys.stderr.flush()
@@ -30,6 +30,14 @@ os._exit(code)  # skip interpreter teardown: nothing is left to finalize
 """
 
 LAUNCHERS = {"hull-runtime": "hull.runtime.cli", "hull": "hull.cli.main"}
+# hull-runtime create/run: stage 1 is forked before hull.runtime.cli is even
+# imported (hull.runtime.prefork), so its imports overlap all of ours.
+PRELUDES = {
+    "hull-runtime": (
+        "from hull.runtime.prefork import from_argv\nworker = from_argv(sys.argv[1:])\n",
+        "stage1_worker=worker",
+    ),
+}
 
 
 def write_launcher(bin_dir: Path, name: str = "hull-runtime") -> Path:
@@ -44,7 +52,11 @@ def write_launcher(bin_dir: Path, name: str = "hull-runtime") -> Path:
         python = Path(sys.executable)
     target = Path(os.path.abspath(bin_dir)) / name
     tmp = target.with_suffix(".tmp")
-    tmp.write_text(TEMPLATE.format(python=python, paths=paths, module=LAUNCHERS[name]))
+    prelude, main_args = PRELUDES.get(name, ("", ""))
+    text = TEMPLATE.format(
+        python=python, paths=paths, module=LAUNCHERS[name], prelude=prelude, main_args=main_args
+    )
+    tmp.write_text(text)
     os.chmod(tmp, 0o755)
     os.replace(tmp, target)
     return target

@@ -5,12 +5,15 @@ unshares, forks, and at once setns()es back to its own pid namespace: the one
 child is the container's init from its first instruction, and no second fork
 is needed to get a PID 1 (runc's and crun's init double-fork for that).
 
-The runtime calls this before it has read anything, so the two system calls go
-through `_ctypes` directly: the `ctypes` package (and hull.runtime.linux.syscalls
-on top of it) costs about 2 ms to import, this module about 0.5 ms.
-"""
+The runtime calls this before it has read anything (hull.runtime.prefork), so
+the two system calls go through `_ctypes` directly, as linux.syscalls does, but
+without that module's other wrappers: this is what both processes wait for. No
+`from __future__` either: that is one more module to load before the fork.
 
-from __future__ import annotations
+(Making the namespace in the worker instead, so that the runtime would need no
+ctypes, was measured slower: the worker's PID 1 is then a third process that
+starts late, queued behind its parents on 2 CPUs.)
+"""
 
 import _ctypes
 import os

@@ -256,6 +256,12 @@ def _check(rc: int, what: str) -> None:
         raise ConfigError(f"{what}: {os.strerror(-rc)}")
 
 
+def preload() -> None:
+    """Load libseccomp ahead of compile() (the early stage 1 worker does, while it
+    waits for a config that most likely has a profile)."""
+    _lib()
+
+
 def compile(spec: Mapping[str, Any]) -> Filter:
     """Validate an OCI linux.seccomp object and build its libseccomp filter.
 

@@ -3,7 +3,7 @@
 The container's init is forked by stage 1 (it must be: only children enter a new
 pid namespace). As a sibling it is the runtime's own child from the start, so
 the runtime waits for it without becoming a child subreaper, and so never needs
-ctypes itself: its import is the largest single cost on the start path.
+ctypes itself.
 
 os.fork() cannot pass clone flags, so this is the raw clone syscall. That is
 safe here because the caller (stage 1) is a forked, single-threaded process:
@@ -13,25 +13,13 @@ own after-fork bookkeeping has nothing to reset.
 
 from __future__ import annotations
 
-import os
-
 from hull.runtime.linux import syscalls as sc
 
 CLONE_PARENT = 0x00008000
 SIGCHLD = 17
-# clone(flags, stack, ...): with a NULL stack the child runs on a copy of ours, as fork.
-_NR_CLONE = 220 if os.uname().machine == "aarch64" else 56
 
 
 def fork_sibling() -> int:
     """Like os.fork(), but the child's parent is our parent; returns 0 in the child."""
-    import ctypes
-
-    zero = ctypes.c_long(0)
-    pid = sc.libc.syscall(
-        ctypes.c_long(_NR_CLONE), ctypes.c_long(CLONE_PARENT | SIGCHLD), zero, zero, zero, zero
-    )
-    if pid < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"clone: {os.strerror(err)}")
-    return pid
+    # clone(flags, stack, ...): with a NULL stack the child runs on a copy of ours, as fork.
+    return sc.syscall("clone", "clone", CLONE_PARENT | SIGCHLD, 0, 0, 0, 0)

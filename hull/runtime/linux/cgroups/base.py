@@ -6,7 +6,12 @@ import os
 import time
 
 from hull.errors import HullError, KernelError
-from hull.runtime.linux.cgroups.files import CgroupFiles, read_pids, remove_with_retry
+from hull.runtime.linux.cgroups.files import (
+    CgroupFiles,
+    read_pids,
+    remove_tree,
+    remove_with_retry,
+)
 from hull.runtime.linux.cgroups.paths import path_components
 
 # Only mypy reads these: `typing`, `abc`, `contextlib` and `signal` together cost more
@@ -210,6 +215,20 @@ class CgroupManager:
         if failures:
             pids = ", ".join(str(p) for p in self.pids()) or "none listed"
             raise KernelError("; ".join(failures) + f" (pids still inside: {pids})")
+        self._remove_created_parents()
+
+    def try_destroy(self) -> bool:
+        """destroy() for a cgroup expected empty, without waiting: False as soon as a
+        dir is busy (processes still inside), for the caller to kill and destroy()."""
+        for directory in self.hierarchy_dirs().values():
+            try:
+                remove_tree(self.files, directory)
+            except OSError:
+                return False
+        self._remove_created_parents()
+        return True
+
+    def _remove_created_parents(self) -> None:
         leaves = set(self.hierarchy_dirs().values())
         for path in sorted(self._created, key=lambda p: p.count("/"), reverse=True):
             if path in leaves:

@@ -1,0 +1,173 @@
+"""Fork a container's stage 1 before the runtime has read anything (Stage1Worker).
+
+Stage 1 must import ctypes and the init modules (~4 ms) before it can unshare,
+and that import was the critical path of a container start. Forked first thing,
+the worker imports while its parent reads the config and makes the cgroup, then
+gets its request (init.InitRequest) over the channel instead of at fork.
+
+Who forks it: the `hull-runtime` launcher itself, before hull.runtime.cli is
+imported (from_argv); `hull run --rm` in the foreground, once its flags say so
+(hull.cli.containers.run); or cli.main when the launcher did not.
+
+This module is what runs before that fork: it imports nothing but the channel
+and, for the pid namespace, linux.pidns (no `from __future__`, no hull.errors).
+"""
+
+import os
+import sys
+
+from hull.runtime.channel import Channel
+
+# Global flags of hull-runtime that take a value (cli.GLOBAL_FLAGS; a unit test
+# keeps the two in step): from_argv skips their values to find the verb.
+GLOBAL_VALUE_FLAGS = ("--root", "--log", "--log-format", "--cgroup-manager", "--rootless", "--criu")
+# Verbs that start a container: their stage 1 is forked early.
+PREFORK_VERBS = ("create", "run")
+
+
+class Stage1Worker:
+    """A stage 1 forked before the config is read, waiting for its InitRequest.
+
+    pid1: it was forked into a new pid namespace (linux.pidns): it is PID 1
+    already, so for a config that asks for just that it becomes the container's
+    init itself, without stage 1's second fork (see usable_for).
+
+    Not a zygote: it belongs to one invocation and runs one container, or exits
+    when not used. create() takes it over; the owner calls discard() afterwards
+    in any case (a no-op once taken).
+    """
+
+    __slots__ = ("pid", "chan", "pid1")
+
+    def __init__(self, pid: int, chan: Channel, pid1: bool = False) -> None:
+        self.pid = pid
+        self.chan = chan
+        self.pid1 = pid1
+
+    def usable_for(self, namespaces: "dict[str, str | None]") -> bool:
+        """A PID 1 worker fits a new pid namespace without a user namespace (which
+        must own the pid namespace) or a time namespace (which, like a pid
+        namespace, only a child enters); a plain one fits any config."""
+        if not self.pid:
+            return False
+        if not self.pid1:
+            return True
+        return (
+            "pid" in namespaces
+            and namespaces["pid"] is None
+            and "user" not in namespaces
+            and "time" not in namespaces
+        )
+
+    def take(self) -> "tuple[int, Channel]":
+        """Hand the process and its channel to create(), which reaps it."""
+        pid, chan = self.pid, self.chan
+        self.pid = 0
+        return pid, chan
+
+    def discard(self) -> None:
+        """Unused: closing the channel makes it exit; reap it."""
+        if not self.pid:
+            return
+        self.chan.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self.pid = 0
+
+
+def prefork(pid1: bool = True, seccomp: bool = False) -> Stage1Worker:
+    """Fork a stage 1 that waits for its request (it holds no fd but what we hold
+    now and the channel), as PID 1 of a new pid namespace when pid1 is asked for
+    and the kernel lets us. seccomp: the config will likely carry a profile, so
+    the worker loads libseccomp while it waits (init.worker_main)."""
+    chan, child_chan = Channel.pair()
+    _flush_stdio()
+    cpus = os.sched_getaffinity(0)
+    pid = -1
+    if pid1:
+        try:
+            from hull.runtime.linux.pidns import fork_pid1
+
+            pid = fork_pid1()
+        except OSError:
+            pid1 = False
+    if pid < 0:
+        pid = os.fork()
+    if pid == 0:
+        _child(chan, child_chan, pid1, cpus, seccomp)
+    child_chan.close()
+    _start_elsewhere(pid, cpus)
+    return Stage1Worker(pid, chan, pid1)
+
+
+def _child(chan: Channel, child_chan: Channel, pid1: bool, cpus: "set[int]", seccomp: bool) -> None:
+    """The worker's side of the fork: never returns into the caller's code."""
+    try:
+        chan.close()
+        from hull.runtime.init import worker_main
+    except BaseException:  # noqa: BLE001 - the runtime reports when nobody answers
+        os._exit(0)
+    worker_main(child_chan, pid1, cpus, seccomp)
+    os._exit(0)
+
+
+def _start_elsewhere(pid: int, cpus: "set[int]") -> None:
+    """Move the new worker off our CPU, so that it starts now, not when we yield.
+
+    We go on importing at once; a fork child queued behind a busy parent waits
+    for the load balancer (1-3 ms measured here), and stage 1 is what the
+    container's start waits for. The worker restores the full set (see
+    init.worker_main) once its request came, i.e. after this call.
+    """
+    if len(cpus) < 2:
+        return
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            here = int(f.read().rsplit(b")", 1)[1].split()[36])  # field 39: processor
+        others = cpus - {here}
+        if others:
+            os.sched_setaffinity(pid, others)
+    except (OSError, ValueError, IndexError):
+        pass  # only an optimization
+
+
+def _flush_stdio() -> None:
+    """Flush Python's buffers before fork so the child does not repeat output."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def wants_stage1(argv: "list[str]") -> bool:
+    """Whether `hull-runtime ARGV` is create or run (and not their --help)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return False
+        if not arg.startswith("-") or arg == "-":
+            rest = argv[i + 1 :]
+            return arg in PREFORK_VERBS and "--help" not in rest and "-h" not in rest
+        if arg in GLOBAL_VALUE_FLAGS:
+            i += 1  # its value (--root=DIR carries it itself)
+        elif arg.partition("=")[0] in ("--help", "-h", "--version", "-v"):
+            return False
+        i += 1
+    return False
+
+
+def from_argv(argv: "list[str]") -> "Stage1Worker | None":
+    """For the launcher: fork the worker when argv starts a container.
+
+    Any failure leaves the start to cli.main, which forks stage 1 itself.
+    """
+    if not wants_stage1(argv):
+        return None
+    try:
+        return prefork()
+    except Exception:  # noqa: BLE001 - only an optimization
+        return None
