@@ -48,7 +48,8 @@ class VethSpec:
     address: str  # 10.88.0.2
     prefixlen: int
     gateway: str | None  # the default route, for the container's first network only
-    mtu: int
+    mtu: int  # the link's (LOCAL_MTU): traffic that stays on this host
+    route_mtu: int | None = None  # the default route's: the host's own MTU, for egress
 
 
 def _kernel_error(what: str, err: NetlinkError) -> KernelError:
@@ -284,7 +285,7 @@ def _configure_inside(nl: rtnl.Rtnl, spec: VethSpec) -> None:
     nl.add_address(index, spec.address, spec.prefixlen)
     nl.set_link(spec.ifname, up=True)
     if spec.gateway:
-        nl.add_default_route(spec.gateway, index)
+        nl.add_default_route(spec.gateway, index, spec.route_mtu)
 
 
 def write_sysctl(key: str, value: str) -> None:

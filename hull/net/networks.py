@@ -39,6 +39,9 @@ DEFAULT_BRIDGE = "hull0"
 # The default network's subnet: the first of these that the host does not route yet.
 # Not 10.88.0.0/16: that is podman's default, and podman does not check host routes.
 DEFAULT_SUBNETS = ["10.87.0.0/16", *(f"172.{n}.0.0/16" for n in range(18, 32))]
+# The MTU of Hull's own links (see NetworkService.link_mtu): jumbo frames, as on
+# loopback-like local paths; Docker's and podman's bridges use 1500 whatever the NIC.
+LOCAL_MTU = 9000
 # User networks without --subnet: the first free /24 of these.
 USER_SUBNET_POOLS = ["10.89.0.0/16", "10.90.0.0/16", "10.91.0.0/16"]
 
@@ -149,9 +152,19 @@ class NetworkService:
 
     @property
     def mtu(self) -> int:
+        """The host's MTU (its default route's link): what leaves the host."""
         if self._mtu is None:
             self._mtu = links.host_mtu()
         return self._mtu
+
+    @property
+    def link_mtu(self) -> int:
+        """Bridges, veths and taps run at LOCAL_MTU (or the host's, if larger): traffic
+        that stays on the host (published ports, to the host's own addresses, container
+        to container) need not be cut to the NIC's MTU. What leaves the host is sized
+        for its link by MSS clamping in Hull's forward chain (hull.net.nft) and path
+        MTU discovery (the host answers "fragmentation needed" when it forwards)."""
+        return max(self.mtu, LOCAL_MTU)
 
     def ensure_default(self) -> Network:
         """The default network ("bridge" on hull0), created on first use."""
@@ -268,7 +281,7 @@ class NetworkService:
         nft.apply(nft.base_batch(self.table) + nft.add_network_batch(network.rules(), self.table))
         if not network.internal:
             links.write_sysctl("net/ipv4/ip_forward", "1")
-        links.ensure_bridge(network.bridge, network.gateway, network.prefixlen, self.mtu)
+        links.ensure_bridge(network.bridge, network.gateway, network.prefixlen, self.link_mtu)
 
     def _teardown_network(self, network: Network) -> None:
         links.delete_link(network.bridge)
@@ -426,7 +439,7 @@ class NetworkService:
             raise
         try:
             if netns_path is None:
-                links.add_tap(host_ifname, net.bridge, self.mtu)
+                links.add_tap(host_ifname, net.bridge, self.link_mtu)
             else:
                 links.add_veth(
                     links.VethSpec(
@@ -438,7 +451,7 @@ class NetworkService:
                         address=address,
                         prefixlen=net.prefixlen,
                         gateway=net.gateway if index == 0 else None,
-                        mtu=self.mtu,
+                        mtu=self.link_mtu,
                     )
                 )
         except BaseException:

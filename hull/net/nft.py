@@ -93,6 +93,10 @@ def base_batch(table: str = DEFAULT_TABLE) -> list[str]:
     for chain in ("forward", "prerouting", "output", "postrouting", "ports"):
         lines.append(f"flush chain {t} {chain}")
     lines += [
+        # Hull's links run at a jumbo MTU (hull.net.networks.LOCAL_MTU): a routed TCP
+        # connection gets the MSS of its outgoing route (the NIC's), as Docker's users
+        # add by hand; other protocols use path MTU discovery.
+        f"add rule {t} forward tcp flags syn tcp option maxseg size set rt mtu",
         f"add rule {t} forward iifname vmap @from_bridge",
         f"add rule {t} forward oifname vmap @to_bridge",
         f"add rule {t} prerouting fib daddr type local jump ports",

@@ -64,6 +64,8 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_TABLE = 15
+RTA_METRICS = 8
+RTAX_MTU = 2
 # linux/if_link.h, linux/veth.h, linux/if_addr.h
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
@@ -211,12 +213,16 @@ def address_payload(index: int, address: str, prefixlen: int) -> bytes:
     return body
 
 
-def default_route_payload(gateway: str, index: int) -> bytes:
-    """RTM_NEWROUTE: 0.0.0.0/0 via gateway dev index, in the main table."""
+def default_route_payload(gateway: str, index: int, mtu: int | None = None) -> bytes:
+    """RTM_NEWROUTE: 0.0.0.0/0 via gateway dev index, in the main table; with mtu, the
+    route's own MTU metric (`ip route add default via GW mtu N`)."""
     body = RTMSG.pack(
         _socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0
     )
-    return body + attr_ipv4(RTA_GATEWAY, gateway) + attr_u32(RTA_OIF, index)
+    payload = body + attr_ipv4(RTA_GATEWAY, gateway) + attr_u32(RTA_OIF, index)
+    if mtu:
+        payload += rtattr(RTA_METRICS, attr_u32(RTAX_MTU, mtu))
+    return payload
 
 
 # ------------------------------------------------------------------ decoding (pure)
@@ -393,12 +399,12 @@ class Rtnl:
             address_payload(index, address, prefixlen),
         )
 
-    def add_default_route(self, gateway: str, index: int) -> None:
+    def add_default_route(self, gateway: str, index: int, mtu: int | None = None) -> None:
         self.request(
             f"cannot add a default route via {gateway}",
             RTM_NEWROUTE,
             NLM_F_CREATE | NLM_F_EXCL,
-            default_route_payload(gateway, index),
+            default_route_payload(gateway, index, mtu),
         )
 
     def default_route_oif(self) -> int | None:
