@@ -125,7 +125,6 @@ def prepare(
     interface: GuestInterface | None = None,
 ) -> VmSpec:
     """The VM's spec for this start, written to <bundle>/vm.json; assets made if missing."""
-    from hull.engine.spec import build_spec
     from hull.oci.image import chain_ids
     from hull.vm.guestnet import etc_files, file_specs
     from hull.vm.microvm import guest_assets, pick_accel, stderr_notice
@@ -133,17 +132,7 @@ def prepare(
     from hull.vm.sandbox import warm_start_enabled
     from hull.vm.vmspec import ShareSpec, VmSpec
 
-    image = service.images.catalog.get(record.image_id)
-    if image is None:
-        raise HullError(f"the image of container {record.name} is gone")
-    spec = build_spec(
-        record.run,
-        (image.config or {}).get("config") or {},
-        record.id,
-        layout.dir,
-        layout.rootfs,
-        volume_source=service.volume_path,
-    )
+    image, spec = _image_and_spec(service, record, layout, volumes=True)
     process = spec["process"]
     user = process.get("user") or {}
     request = RunRequest(
@@ -223,16 +212,14 @@ def start(
     return shim
 
 
-def run_attached(
-    service: ContainerService, record: ContainerRecord, layout: ContainerLayout
-) -> int:
-    """`hull run --isolation=vm` in the foreground (no terminal, no volume): this process
-    runs the VM to the workload's end, on the container's network; its exit code.
-    The network stays for the caller to tear down (it does so whatever happens)."""
+def _image_and_spec(
+    service: ContainerService,
+    record: ContainerRecord,
+    layout: ContainerLayout,
+    volumes: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """The container's image record and the OCI spec its flags make (as for a container)."""
     from hull.engine.spec import build_spec
-    from hull.oci.image import chain_ids
-    from hull.vm.guestnet import etc_files
-    from hull.vm.sandbox import run_in_vm
 
     image = service.images.catalog.get(record.image_id)
     if image is None:
@@ -243,7 +230,22 @@ def run_attached(
         record.id,
         layout.dir,
         layout.rootfs,
+        volume_source=service.volume_path if volumes else None,
     )
+    return image, spec
+
+
+def run_attached(
+    service: ContainerService, record: ContainerRecord, layout: ContainerLayout
+) -> int:
+    """`hull run --isolation=vm` in the foreground (no terminal, no volume): this process
+    runs the VM to the workload's end, on the container's network; its exit code.
+    The network stays for the caller to tear down (it does so whatever happens)."""
+    from hull.oci.image import chain_ids
+    from hull.vm.guestnet import etc_files
+    from hull.vm.sandbox import run_in_vm
+
+    image, spec = _image_and_spec(service, record, layout)
     interface = setup_network(service, record, layout)
     process = spec["process"]
     user = process.get("user") or {}
