@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import private_dockerd  # noqa: E402
+from peers import own_cgroup_parent, private_dockerd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HULL = REPO / ".venv" / "bin" / "hull"
@@ -41,6 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=20)
     opts = parser.parse_args()
+    own_cgroup_parent()
     for tool in ("hyperfine", "podman"):
         if not shutil.which(tool):
             print(f"bench: {tool} is not installed (apt-get install {tool})", file=sys.stderr)

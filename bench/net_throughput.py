@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import own_cgroup_parent  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 HULL = REPO / ".venv" / "bin" / "hull"
 IMAGE = "hull-bench-iperf3:latest"
@@ -126,6 +129,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     opts = parser.parse_args()
+    own_cgroup_parent()
     for tool in ("podman", "iperf3"):
         if not shutil.which(tool):
             print(f"bench: {tool} is not installed (apt-get install {tool})", file=sys.stderr)

@@ -90,3 +90,25 @@ def _unmount_under(root: Path) -> None:
         targets = [line.split()[4] for line in f]
     for target in sorted((t for t in targets if t.startswith(prefix)), reverse=True):
         subprocess.run(["umount", "-l", target], check=False)
+
+
+def own_cgroup_parent(prefix: str = "hull-bench") -> str:
+    """Give every hull this benchmark runs a cgroup parent of its own (through
+    HULL_CGROUP_PARENT, inherited by hyperfine's children), removed at exit: the
+    host's own "hull" parent is never touched or left behind."""
+    import atexit
+
+    name = f"{prefix}-{os.getpid()}"
+    os.environ["HULL_CGROUP_PARENT"] = name
+    atexit.register(_remove_cgroup_parent, name)
+    return name
+
+
+def _remove_cgroup_parent(name: str) -> None:
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / name
+        if not top.is_dir():
+            continue
+        for parent, _dirs, _files in sorted(os.walk(top), key=lambda e: -len(e[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
