@@ -423,7 +423,6 @@ class ContainerService:
             networked = True
             plan = self._setup_network(record, layout, warnings)
             self._write_config(record, layout, plan, warnings)
-            layout.shim_dir.mkdir(parents=True, exist_ok=True)
             if not interactive:
                 _stdin_from_devnull()
 
@@ -461,8 +460,9 @@ class ContainerService:
         return code
 
     def _finish_foreground(self, record: ContainerRecord, layout: ContainerLayout) -> None:
-        """remove() for a container whose runtime state this process already
-        destroyed: unmount, undo the network, drop the row and the files."""
+        """remove() for a container this process ran to its end without a shim (a
+        foreground --rm run, a container's or a VM's) and whose runtime state is gone
+        already: unmount, undo the network, drop the row and the files."""
         try:
             with ContainerLock(layout):
                 _detach_rootfs(layout)
@@ -670,11 +670,7 @@ class ContainerService:
                 (EXITED, code, time.time(), record.id),
             )
         if record.run.rm:
-            # No shim, runtime state or mount to undo: the row and the directory.
-            with ContainerLock(layout):
-                self.db.execute("DELETE FROM containers WHERE id = ?", (record.id,))
-                _rmtree(layout.dir)
-            _rmtree(layout.shim_dir)
+            self._finish_foreground(record, layout)  # no shim or runtime state to undo
         return code
 
     # ------------------------------------------------------------------ signals
@@ -1196,9 +1192,9 @@ def _vm_disk_cached(paths: HullPaths, diff_ids: list[str]) -> bool:
     if not diff_ids:
         return False
     from hull.oci.image import chain_ids
+    from hull.vm.rootdisk import root_disk_path
 
-    chain = chain_ids(diff_ids)[-1].removeprefix("sha256:")
-    return (paths.vm / "disks" / f"{chain}.erofs").is_file()
+    return root_disk_path(paths.vm, chain_ids(diff_ids)[-1]).is_file()
 
 
 def _names_a_user(user: str | None) -> bool:
@@ -1245,6 +1241,7 @@ def _write_exit(layout: ContainerLayout, code: int) -> None:
     """Record an exit where the shim would (shim.EXIT_FILE), for cleanup to read."""
     tmp = layout.shim_dir / "exit.tmp"
     try:
+        layout.shim_dir.mkdir(parents=True, exist_ok=True)
         tmp.write_text(f"{code}\n")
         os.replace(tmp, layout.shim_dir / "exit")
     except OSError:

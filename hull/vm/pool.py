@@ -80,6 +80,7 @@ from hull.vm.microvm import (
 from hull.vm.protocol import FrameReader, RunRequest
 from hull.vm.qemu import QemuVm, RamFile, VmConfig
 from hull.vm.qmp import QmpChannel
+from hull.vm.rootdisk import root_disk_path
 
 POOL_ENV = "HULL_VM_POOL"
 SETTING_FILE = "pool.json"  # in <root>/vm
@@ -153,8 +154,8 @@ def chain_hex(chain_id: str) -> str:
 
 
 def image_disk(paths: HullPaths, chain_id: str) -> Path:
-    """The image's cached root disk, as hull.vm.rootdisk.cached_root_disk names it."""
-    return paths.vm / "disks" / f"{chain_hex(chain_id)}.erofs"
+    """The image's cached root disk (hull.vm.rootdisk names and builds it)."""
+    return root_disk_path(paths.vm, chain_id)
 
 
 @dataclass(frozen=True)

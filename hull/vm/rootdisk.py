@@ -25,6 +25,11 @@ def disks_dir(vm_root: Path) -> Path:
     return vm_root / "disks"
 
 
+def root_disk_path(vm_root: Path, chain_id: str) -> Path:
+    """Where the shared root disk of an image's layer chain lives (built or not)."""
+    return disks_dir(vm_root) / f"{chain_id.removeprefix('sha256:')}.erofs"
+
+
 def make_erofs(rootfs: Path, target: Path) -> Path:
     """Write rootfs as an erofs image at target (atomically: temp file, then rename)."""
     if not rootfs.is_dir():
@@ -56,9 +61,8 @@ def cached_root_disk(vm_root: Path, rootfs: Path, chain_id: str) -> Path:
     """The shared disk for an image's layer chain, made on first use."""
     if not _CHAIN_ID.match(chain_id):
         raise ConfigError(f"not a chain ID: {chain_id!r}")
-    directory = disks_dir(vm_root)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{chain_id.removeprefix('sha256:')}.erofs"
+    target = root_disk_path(vm_root, chain_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         return target
     return make_erofs(rootfs, target)
