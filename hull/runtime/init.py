@@ -191,6 +191,12 @@ def stage1(chan: Channel, req: InitRequest, pid1: bool = False) -> None:
     cgroup: dict | None = None  # from "go": where the parent made our cgroup
     opened = ns.open_paths(namespaces)
     if "user" in namespaces:
+        # Past the id switch below we are the mapped uid, which may not read Hull's
+        # own files (an install dir of mode 0700): load what the rest of stage 1
+        # imports while we are still the host's root.
+        _preload_late_modules()
+        if (req.config.get("linux") or {}).get("seccomp"):
+            import hull.runtime.linux.seccomp  # noqa: F401
         # Join while our credentials are still the host's; the id-map
         # exchange below must not cross "go".
         cgroup = _join_cgroup(chan)
