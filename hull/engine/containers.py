@@ -415,6 +415,7 @@ class ContainerService:
         layout = self.layout(record)
         lock = ContainerLock(layout)
         locked = mounted = networked = False
+        supervision = _claim_supervision(layout)  # the sweep leaves the container to us
         try:
             lock.__enter__()
             locked = True
@@ -454,9 +455,13 @@ class ContainerService:
                 self.db.execute(
                     "UPDATE containers SET error = ? WHERE id = ?", (err.message, record.id)
                 )
+            _release_supervision(supervision)  # remove() must see the container as ours no more
             self.remove(record.id, force=True, volumes=True)
             raise
-        self._finish_foreground(record, layout)
+        try:
+            self._finish_foreground(record, layout)
+        finally:
+            _release_supervision(supervision)
         return code
 
     def _finish_foreground(self, record: ContainerRecord, layout: ContainerLayout) -> None:
@@ -652,25 +657,29 @@ class ContainerService:
         # and to look a user name up: mounting (and lazily unmounting, 4-250 ms under
         # load) them for every run would be waste.
         mounted = False
-        if not _vm_disk_cached(self.paths, image.diff_ids) or _names_a_user(record.run.user):
-            mounted = self.mount_rootfs(record, layout)
-        self.db.execute(
-            "UPDATE containers SET state = ?, started_at = ? WHERE id = ?",
-            (RUNNING, time.time(), record.id),
-        )
-        code = 255
+        supervision = _claim_supervision(layout)  # the sweep leaves the VM to us
         try:
-            code = vmbackend.run_attached(self, record, layout)
-        finally:
-            if mounted:
-                _detach_rootfs(layout)
-            self._teardown_network(record.id)
+            if not _vm_disk_cached(self.paths, image.diff_ids) or _names_a_user(record.run.user):
+                mounted = self.mount_rootfs(record, layout)
             self.db.execute(
-                "UPDATE containers SET state = ?, exit_code = ?, finished_at = ? WHERE id = ?",
-                (EXITED, code, time.time(), record.id),
+                "UPDATE containers SET state = ?, started_at = ? WHERE id = ?",
+                (RUNNING, time.time(), record.id),
             )
-        if record.run.rm:
-            self._finish_foreground(record, layout)  # no shim or runtime state to undo
+            code = 255
+            try:
+                code = vmbackend.run_attached(self, record, layout)
+            finally:
+                if mounted:
+                    _detach_rootfs(layout)
+                self._teardown_network(record.id)
+                self.db.execute(
+                    "UPDATE containers SET state = ?, exit_code = ?, finished_at = ? WHERE id = ?",
+                    (EXITED, code, time.time(), record.id),
+                )
+            if record.run.rm:
+                self._finish_foreground(record, layout)  # no shim or runtime state to undo
+        finally:
+            _release_supervision(supervision)
         return code
 
     # ------------------------------------------------------------------ signals
@@ -770,7 +779,11 @@ class ContainerService:
             code = read_exit(str(layout.shim_dir))
             if code is not None:
                 return code
-            if not shim_alive(str(layout.shim_dir)) and not _pid_alive(record.pid):
+            if (
+                not shim_alive(str(layout.shim_dir))
+                and not _pid_alive(record.pid)
+                and not _supervised(layout)
+            ):
                 return read_exit(str(layout.shim_dir))
             if deadline is not None and time.monotonic() > deadline:
                 return None
@@ -814,7 +827,11 @@ class ContainerService:
                 return record
             code = read_exit(str(layout.shim_dir))
             if code is None:
-                if shim_alive(str(layout.shim_dir)) or _pid_alive(record.pid):
+                if (
+                    shim_alive(str(layout.shim_dir))
+                    or _pid_alive(record.pid)
+                    or _supervised(layout)  # its `hull run` is finishing it
+                ):
                     return record  # still running: nothing to clean yet
                 code = 255
                 error = exit_error(str(layout.shim_dir)) or "the container's supervisor died"
@@ -1157,6 +1174,48 @@ def _lock_is_free(layout: ContainerLayout) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+_OFD_WRITE_LOCK = (1, 0, 0, 0, 0)  # F_WRLCK, SEEK_SET, start 0, len 0 (whole file), pid 0
+
+
+def _claim_supervision(layout: ContainerLayout) -> int:
+    """Mark the container as supervised by this process (a foreground run, an
+    attached VM): an open-file-description lock on its lock file, which the sweep
+    tests (_supervised). OFD locks are apart from ContainerLock's flock, survive
+    closing other fds of the file, and die with the process, kill -9 included.
+    Returns the fd to close when supervision ends (-1 if the container is gone)."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(layout.lock, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return -1
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", *_OFD_WRITE_LOCK))
+    return fd
+
+
+def _release_supervision(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+def _supervised(layout: ContainerLayout) -> bool:
+    """A live `hull` process supervises the container itself (_claim_supervision)."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(layout.lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        probe = struct.pack("hhqqi4x", 0, 0, 0, 0, 0)  # F_RDLCK over the whole file
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
+    finally:
+        os.close(fd)
+    return struct.unpack("hhqqi4x", answer)[0] != 2  # F_UNLCK: nobody holds it
 
 
 def _detach_rootfs(layout: ContainerLayout) -> None:

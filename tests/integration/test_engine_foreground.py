@@ -88,3 +88,28 @@ def test_killed_foreground_hull_leaves_the_container_to_the_sweep(hull: Hull) ->
     assert overlay_mounts_under(hull.paths.root) == []
     containers = hull.paths.root / "containers"
     assert not containers.exists() or os.listdir(containers) == []
+
+
+def test_sweep_leaves_a_supervised_container_to_its_hull_process(hull: Hull) -> None:
+    """Between the container's exit and its own clean-up, a foreground `hull run`
+    still owns the container: another hull's sweep must not record it as dead and
+    remove it under the runner's feet (that race once leaked a container dir)."""
+    from hull.engine.containers import (
+        ContainerService,
+        _claim_supervision,
+        _release_supervision,
+    )
+
+    cid = hull.ok("create", "--rm", "--network", "none", "busybox", "true").strip()
+    with ContainerService(hull.paths) as service:
+        layout = service.layout(service.get(cid))
+        # What run_foreground's row looks like once its container has exited.
+        service.db.execute("UPDATE containers SET state = 'running', pid = 0 WHERE id = ?", (cid,))
+        supervision = _claim_supervision(layout)
+        try:
+            assert hull.ok("ps", "-q", "--no-trunc").split() == [cid]  # ps sweeps first
+        finally:
+            _release_supervision(supervision)
+    # With its supervisor gone, the sweep applies --rm.
+    assert hull.ok("ps", "-aq") == ""
+    assert not layout.dir.exists()
