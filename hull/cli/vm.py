@@ -115,7 +115,8 @@ def _pool_ls(paths: HullPaths) -> None:
 
     size = vm_pool.pool_size(paths)
     source = "HULL_VM_POOL" if os.environ.get(vm_pool.POOL_ENV, "").strip() else "setting"
-    print(f"pool size: {size} idle VM(s) per image ({source}){'' if size else ': off'}")
+    busy = "; refilling" if vm_pool.refilling(paths) else ""
+    print(f"pool size: {size} idle VM(s) per image ({source}){'' if size else ': off'}{busy}")
     rows = []
     now = time.time()
     for entry in vm_pool.entries(paths):

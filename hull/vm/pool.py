@@ -86,6 +86,7 @@ POOL_ENV = "HULL_VM_POOL"
 SETTING_FILE = "pool.json"  # in <root>/vm
 POOL_DIR = "vm-pool"
 ENTRY_FILE = "entry.json"
+ACTIVE_FILE = "refill.active"  # flock(LOCK_SH) held by every running refill process
 OWNER_FILE = "pool-owner.json"  # in a taken VM's run dir: who must end it
 MAX_SIZE = 16
 MAX_IMAGES = 4
@@ -317,7 +318,11 @@ def start_refill(
     root = pool_root(paths)
     root.mkdir(parents=True, exist_ok=True)
     log = open(root / "refill.log", "ab")  # noqa: SIM115 - handed to the child
+    # A shared lock that the child inherits: held from before the child exists until
+    # it exits, so refilling() never misses one (its /proc cmdline is blank at first).
+    active = os.open(root / ACTIVE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        fcntl.flock(active, fcntl.LOCK_SH)
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -325,9 +330,26 @@ def start_refill(
             stderr=log,
             start_new_session=True,  # no terminal signals; outlives the caller
             close_fds=True,
+            pass_fds=(active,),
         )
     finally:
         log.close()
+        os.close(active)
+
+
+def refilling(paths: HullPaths) -> bool:
+    """Some refill process of this root still runs."""
+    try:
+        fd = os.open(pool_root(paths) / ACTIVE_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def refill_main(argv: list[str]) -> int:
@@ -760,6 +782,7 @@ __all__ = [
     "pool_size",
     "reconcile",
     "refill",
+    "refilling",
     "set_pool_size",
     "start_refill",
     "sweep",

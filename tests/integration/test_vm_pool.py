@@ -110,7 +110,7 @@ def _pids_with(needle: bytes, path: str) -> list[int]:
 def wait_refills(paths: HullPaths, timeout: float = 60.0) -> None:
     """Until no refill process of this runroot is left."""
     deadline = time.monotonic() + timeout
-    while _pids_with(b"refill_main", str(paths.runroot)):
+    while pool.refilling(paths):
         assert time.monotonic() < deadline, "a refill did not finish"
         time.sleep(0.05)
 
