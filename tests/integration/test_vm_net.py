@@ -99,6 +99,7 @@ def vmnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmNet]:
         "HULL_BRIDGE": f"hullvb{tag}",
         "HULL_NFT_TABLE": f"hullvt{tag}",
         "HULL_BRIDGE_SUBNET": f"10.212.{random.randrange(256)}.0/24",
+        "HULL_CGROUP_PARENT": f"hull-test-vmnet-{tag}",  # never the host's /hull
     }
     saved = {key: os.environ.get(key) for key in env_vars}
     os.environ.update(env_vars)
@@ -138,6 +139,10 @@ def vmnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmNet]:
                 os.environ[key] = value
     assert overlay_mounts_under(paths.root) == []
     assert vm_processes(paths.runroot) == []
+    for hierarchy in os.listdir("/sys/fs/cgroup"):
+        parent = os.path.join("/sys/fs/cgroup", hierarchy, env_vars["HULL_CGROUP_PARENT"])
+        if os.path.isdir(parent):
+            os.rmdir(parent)  # fails (a leak) if a container's cgroup is still in it
 
 
 def test_a_vm_gets_an_address_on_the_bridge_and_reaches_its_gateway(vmnet: VmNet) -> None:
