@@ -5,6 +5,7 @@ start path and pipes are all a parent and child need. No `from __future__`:
 the launcher imports this module before it forks stage 1 (hull.runtime.prefork).
 """
 
+import marshal
 import os
 
 
@@ -36,6 +37,18 @@ class Channel:
                 line = line[os.write(self.wfd, line) :]
         except BrokenPipeError:
             raise ChannelClosed() from None
+
+    def send_data(self, kind: str, data: object) -> None:
+        """Send plain data (dicts, lists, str, int, bool, None) to our own other end.
+
+        marshal, hex-encoded for the line protocol: builtin, so a child decodes it
+        without importing a JSON codec (~0.3 ms of a container start). Only ever
+        between two processes of one runtime invocation, never from outside.
+        """
+        self.send(kind, marshal.dumps(data).hex())
+
+    def expect_data(self, kind: str):  # type: ignore[no-untyped-def]  # -> object, as sent
+        return marshal.loads(bytes.fromhex(self.expect(kind)))
 
     def recv(self) -> tuple[str, str]:
         while b"\n" not in self._buf:

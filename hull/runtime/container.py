@@ -179,7 +179,7 @@ def create(
                 stage1_pid, init_pid = 0, stage1_pid
                 state.data["pid"] = init_pid
                 state.data["pid_start"] = proc_start_time(init_pid)
-            chan.send("req", req.to_json())
+            req.send(chan)
         else:
             if stage1_worker is not None:
                 stage1_worker.discard()  # no console fd for it, or the wrong pid ns
@@ -211,7 +211,7 @@ def create(
         if v2:
             cg.apply(stage1_pid or init_pid)
         go = {"paths": _cgroup_mount_names(cg, v2), "v2": v2, "self_join": cg.self_join_files()}
-        chan.send("go", fastjson.dumps(go))
+        chan.send_data("go", go)
         _check_process(process)
         state.save()  # "creating", while stage 1 joins and forks PID 1
         while True:

@@ -16,7 +16,7 @@ import os
 import sys
 
 from hull.errors import HullError
-from hull.runtime.channel import Channel, ChannelClosed
+from hull.runtime.channel import Channel
 
 # hull.runtime.linux.syscalls (ctypes, ~2 ms to import) is imported by the
 # children, after the fork: the parent makes the cgroup in parallel meanwhile.
@@ -68,17 +68,13 @@ class InitRequest:
         self.preserve_fds = preserve_fds
         self.hooks_in_init = hooks_in_init
 
-    def to_json(self) -> str:
-        """For a stage 1 forked before the request existed (see prefork)."""
-        from hull.runtime import fastjson
-
-        return fastjson.dumps({name: getattr(self, name) for name in self.__slots__})
+    def send(self, chan: Channel) -> None:
+        """To a stage 1 forked before the request existed (see prefork)."""
+        chan.send_data("req", {name: getattr(self, name) for name in self.__slots__})
 
     @classmethod
-    def from_json(cls, text: str) -> InitRequest:
-        from hull.runtime import fastjson
-
-        return cls(**fastjson.loads(text))
+    def receive(cls, chan: Channel) -> InitRequest:
+        return cls(**chan.expect_data("req"))
 
 
 def worker_main(chan: Channel, pid1: bool, cpus: set[int], seccomp: bool = False) -> None:
@@ -96,10 +92,7 @@ def worker_main(chan: Channel, pid1: bool, cpus: set[int], seccomp: bool = False
         _preload_init_modules()
         if seccomp:
             _preload_seccomp()
-        kind, payload = chan.recv()
-        if kind != "req":
-            raise ChannelClosed()
-        req = InitRequest.from_json(payload)
+        req = InitRequest.receive(chan)
         os.sched_setaffinity(0, cpus)  # the runtime's CPUs again: the container inherits them
     except BaseException:  # noqa: BLE001 - unused or interrupted: the runtime reports
         os._exit(0)
@@ -260,9 +253,7 @@ def _join_cgroup(chan: Channel) -> dict:
     skips the grace period (2-22 ms here) that moving another process waits for.
     (v2: the parent moved us before "go".)
     """
-    from hull.runtime import fastjson
-
-    cgroup: dict = fastjson.loads(chan.expect("go"))
+    cgroup: dict = chan.expect_data("go")
     for tasks in cgroup["self_join"]:
         fd = os.open(tasks, os.O_WRONLY | os.O_CLOEXEC)
         try:

@@ -85,6 +85,7 @@ def prefork(pid1: bool = True, seccomp: bool = False) -> Stage1Worker:
     chan, child_chan = Channel.pair()
     _flush_stdio()
     cpus = os.sched_getaffinity(0)
+    elsewhere = _other_cpus(cpus)
     pid = -1
     if pid1:
         try:
@@ -96,14 +97,22 @@ def prefork(pid1: bool = True, seccomp: bool = False) -> Stage1Worker:
     if pid < 0:
         pid = os.fork()
     if pid == 0:
-        _child(chan, child_chan, pid1, cpus, seccomp)
+        _child(chan, child_chan, pid1, cpus, elsewhere, seccomp)
+    _move(pid, elsewhere)
     child_chan.close()
-    _start_elsewhere(pid, cpus)
     return Stage1Worker(pid, chan, pid1)
 
 
-def _child(chan: Channel, child_chan: Channel, pid1: bool, cpus: "set[int]", seccomp: bool) -> None:
+def _child(
+    chan: Channel,
+    child_chan: Channel,
+    pid1: bool,
+    cpus: "set[int]",
+    elsewhere: "set[int] | None",
+    seccomp: bool,
+) -> None:
     """The worker's side of the fork: never returns into the caller's code."""
+    _move(0, elsewhere)  # if we run first, we took the caller's CPU: hand it back
     try:
         chan.close()
         from hull.runtime.init import worker_main
@@ -113,24 +122,33 @@ def _child(chan: Channel, child_chan: Channel, pid1: bool, cpus: "set[int]", sec
     os._exit(0)
 
 
-def _start_elsewhere(pid: int, cpus: "set[int]") -> None:
-    """Move the new worker off our CPU, so that it starts now, not when we yield.
+def _other_cpus(cpus: "set[int]") -> "set[int] | None":
+    """The CPUs we are not on, for the worker, so that it starts now, not when we yield.
 
-    We go on importing at once; a fork child queued behind a busy parent waits
-    for the load balancer (1-3 ms measured here), and stage 1 is what the
-    container's start waits for. The worker restores the full set (see
-    init.worker_main) once its request came, i.e. after this call.
+    After the fork we go on importing at once. A fork child queued behind a busy
+    parent waits for the load balancer (1-3 ms measured here); one that preempts
+    its parent (EEVDF places a new task to run soon) stalls the parent as long.
+    Read before the fork: after it, the read costs page-copy faults. The worker
+    restores the full set (init.worker_main) once its request came.
     """
     if len(cpus) < 2:
-        return
+        return None
     try:
         with open("/proc/self/stat", "rb") as f:
             here = int(f.read().rsplit(b")", 1)[1].split()[36])  # field 39: processor
-        others = cpus - {here}
-        if others:
-            os.sched_setaffinity(pid, others)
     except (OSError, ValueError, IndexError):
-        pass  # only an optimization
+        return None
+    return (cpus - {here}) or None
+
+
+def _move(pid: int, cpus: "set[int] | None") -> None:
+    """Both sides call it (pid 0: the worker itself): whichever runs first after the
+    fork moves the worker off the caller's CPU."""
+    if cpus:
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:
+            pass  # only an optimization
 
 
 def _flush_stdio() -> None:

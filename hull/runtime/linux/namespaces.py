@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 from hull.errors import KernelError
-from hull.oci.runtime_spec import NS_PROC_NAMES
 from hull.runtime.linux import syscalls as sc
 
 CLONE_FLAGS = {
@@ -67,6 +66,8 @@ def join(opened: list[tuple[str, int]]) -> None:
 
 def same_namespace(pid: int, kind: str) -> bool:
     """True when pid is already in our namespace of this kind (setns would fail)."""
+    from hull.oci.runtime_spec import NS_PROC_NAMES  # exec only: not on stage 1's path
+
     name = NS_PROC_NAMES[kind]
     try:
         return os.stat(f"/proc/{pid}/ns/{name}").st_ino == os.stat(f"/proc/self/ns/{name}").st_ino
@@ -76,6 +77,8 @@ def same_namespace(pid: int, kind: str) -> bool:
 
 def open_for_tenant(pid: int, kinds: list[str]) -> list[tuple[str, int]]:
     """The namespaces of a running container that an exec'd process must join."""
+    from hull.oci.runtime_spec import NS_PROC_NAMES
+
     paths = {k: f"/proc/{pid}/ns/{NS_PROC_NAMES[k]}" for k in kinds if not same_namespace(pid, k)}
     return open_paths(dict(paths))
 
