@@ -38,7 +38,7 @@ class Channel:
         except BrokenPipeError:
             raise ChannelClosed() from None
 
-    def send_data(self, kind: str, data: object) -> None:
+    def send_data(self, kind: str, data: "dict | list") -> None:
         """Send plain data (dicts, lists, str, int, bool, None) to our own other end.
 
         marshal, hex-encoded for the line protocol: builtin, so a child decodes it
@@ -47,7 +47,7 @@ class Channel:
         """
         self.send(kind, marshal.dumps(data).hex())
 
-    def expect_data(self, kind: str):  # type: ignore[no-untyped-def]  # -> object, as sent
+    def expect_data(self, kind: str) -> "dict":  # what send_data sent: a dict here
         return marshal.loads(bytes.fromhex(self.expect(kind)))
 
     def recv(self) -> tuple[str, str]:
