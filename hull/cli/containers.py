@@ -102,10 +102,14 @@ def _early_stage1(args: argparse.Namespace):
         if fd != 0:
             os.dup2(fd, 0)
             os.close(fd)
+    from hull.runtime.linux.seccomp_cache import CACHE_DIR_NAME
     from hull.runtime.prefork import prefork
 
+    # The engine's default profile, most likely: the worker loads libseccomp
+    # meanwhile, unless compiled filters are cached already (the usual case).
+    cached = os.path.isdir(os.path.join(args.paths.runtime_state, CACHE_DIR_NAME))
     try:
-        return prefork(seccomp=True)  # the engine's default profile, most likely
+        return prefork(seccomp=not cached)
     except OSError:
         return None  # only an optimization: the runtime forks stage 1 itself
 

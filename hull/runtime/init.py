@@ -216,7 +216,7 @@ def stage1(chan: Channel, req: InitRequest, pid1: bool = False) -> None:
     # mount namespace) and finishes the rootfs.
     from hull.runtime.process import preload
 
-    seccomp_filter = preload(req.config["process"], req.config.get("linux") or {})
+    seccomp_filter = preload(req.config["process"], req.config.get("linux") or {}, req.state_dir)
     builder = None
     if "mount" in namespaces:
         from hull.runtime.linux.rootfs import RootfsBuilder

@@ -16,20 +16,22 @@ from hull.runtime.linux import syscalls as sc
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def preload(process: dict, linux: dict):
+def preload(process: dict, linux: dict, state_dir: str | None = None):
     """Import what the last steps need while the host's files are still visible.
 
     After pivot_root (or joining the container's mount namespace) neither the
     hull package, the standard library nor libseccomp can be found, on purpose.
-    Returns the compiled seccomp filter (or None), loaded just before execve.
+    Returns the compiled seccomp filter (or None), loaded just before execve;
+    state_dir: the container's; compiled filters are cached beside it.
     """
     from hull.runtime.linux import capabilities, rlimits  # noqa: F401
 
     compiled = None
     if linux.get("seccomp"):
-        from hull.runtime.linux import seccomp
+        from hull.runtime.linux.seccomp_cache import cache_dir_for, compile_cached
 
-        compiled = seccomp.compile(linux["seccomp"])
+        cache = cache_dir_for(state_dir) if state_dir else None
+        compiled = compile_cached(linux["seccomp"], cache)
     if process.get("terminal"):
         import fcntl  # noqa: F401
         import socket  # noqa: F401

@@ -105,7 +105,15 @@ def exec_process(
         if console_fd is not None:
             os.set_inheritable(console_fd, True)
         child_main(
-            _tenant_stage1, child_chan, opened, root_fd, process, linux, console_fd, preserve_fds
+            _tenant_stage1,
+            child_chan,
+            opened,
+            root_fd,
+            process,
+            linux,
+            console_fd,
+            preserve_fds,
+            state.dir,
         )
     child_chan.close()
     for _, fd in opened:
@@ -155,11 +163,12 @@ def _tenant_stage1(
     linux: dict,
     console_fd: int | None,
     preserve_fds: int,
+    state_dir: str,
 ) -> None:
     from hull.runtime.process import preload
 
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    seccomp_filter = preload(process, linux)
+    seccomp_filter = preload(process, linux, state_dir)
     ns.join(opened)
     pid = os.fork()
     if pid == 0:

@@ -423,3 +423,76 @@ def test_hard_limit_above_the_current_one_is_clamped() -> None:
         return list(resource.getrlimit(resource.RLIMIT_NOFILE))
 
     assert run_in_child(child_soft_below) == [512, current_hard]
+
+
+# --- the compiled-filter cache -------------------------------------------------------
+
+UNAME_ENOSYS = {
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+    "syscalls": [{"names": ["uname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}],
+}
+UNAME_PROBE = "import os\ntry:\n    os.uname()\n    print('allowed')\nexcept OSError as e:\n"
+UNAME_PROBE += "    print(e.errno)"
+
+
+def test_a_cached_filter_acts_as_the_compiled_one(tmp_path: Path, monkeypatch) -> None:
+    from hull.runtime.linux import seccomp_cache
+
+    cache = str(tmp_path / "cache")
+    first = seccomp_cache.compile_cached(UNAME_ENOSYS, cache)  # compiled, then saved
+    saved = list((tmp_path / "cache").iterdir())
+    assert len(saved) == 1 and saved[0].suffix == ".bpf"
+
+    def no_libseccomp(spec: object) -> None:
+        raise AssertionError("a cached profile was compiled again")
+
+    monkeypatch.setattr(seccomp, "compile", no_libseccomp)
+    second = seccomp_cache.compile_cached(UNAME_ENOSYS, cache)
+    assert isinstance(second, seccomp_cache.CachedFilter)
+    assert second.program == saved[0].read_bytes()
+    for flt in (first, second):
+        output = run_and_exec(flt.load, [sys.executable, "-c", UNAME_PROBE])
+        assert output.strip() == str(errno.ENOSYS)
+
+
+def test_a_damaged_cache_entry_is_compiled_again(tmp_path: Path) -> None:
+    from hull.runtime.linux import seccomp_cache
+
+    cache = str(tmp_path / "cache")
+    seccomp_cache.compile_cached(UNAME_ENOSYS, cache)
+    (entry,) = (tmp_path / "cache").iterdir()
+    entry.write_bytes(b"\x00" * 5)  # not whole BPF instructions
+    flt = seccomp_cache.compile_cached(UNAME_ENOSYS, cache)
+    assert len(entry.read_bytes()) % 8 == 0 and len(entry.read_bytes()) > 8
+    output = run_and_exec(flt.load, [sys.executable, "-c", UNAME_PROBE])
+    assert output.strip() == str(errno.ENOSYS)
+
+
+def test_a_cached_default_profile_needs_no_new_privs_once_caps_are_dropped(
+    tmp_path: Path,
+) -> None:
+    from hull.runtime.linux import seccomp_cache
+
+    cache = str(tmp_path / "cache")
+    seccomp_cache.compile_cached(DEFAULT_SECCOMP, cache)  # warm the cache
+
+    def child() -> dict[str, Any]:
+        flt = seccomp_cache.compile_cached(DEFAULT_SECCOMP, cache)
+        outcome: dict[str, Any] = {"cached": isinstance(flt, seccomp_cache.CachedFilter)}
+        capabilities.drop_bounding(DOCKER_CAPS)
+        capabilities.apply(DOCKER_CAPS)
+        try:
+            flt.load()
+            outcome["without_nnp"] = "loaded"
+        except KernelError as e:
+            outcome["without_nnp"] = e.message
+        syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+        flt.load()
+        outcome["unshare"] = _try(lambda: syscalls.unshare(syscalls.CLONE_NEWNS))
+        return outcome
+
+    outcome = run_in_child(child)
+    assert outcome["cached"] is True
+    assert outcome["without_nnp"].startswith("cannot load seccomp filter")
+    assert outcome["unshare"] == errno.EPERM

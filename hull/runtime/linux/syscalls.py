@@ -91,6 +91,7 @@ _SYSCALLS_X86_64 = {
     "pidfd_open": 434,
     "pidfd_send_signal": 424,
     "mount_setattr": 442,
+    "seccomp": 317,
 }
 _SYSCALLS_AARCH64 = {
     "capget": 90,
@@ -104,6 +105,7 @@ _SYSCALLS_AARCH64 = {
     "pidfd_open": 434,
     "pidfd_send_signal": 424,
     "mount_setattr": 442,
+    "seccomp": 277,
 }
 # os.uname() rather than `platform`, whose import costs more than this whole module.
 SYSCALL_NR = _SYSCALLS_AARCH64 if os.uname().machine == "aarch64" else _SYSCALLS_X86_64
@@ -284,6 +286,19 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     """openat2(2): open path relative to dirfd with RESOLVE_* confinement."""
     how = u64_array(flags | os.O_CLOEXEC, mode, resolve)  # struct open_how
     return syscall(f"openat2 {path}", "openat2", dirfd, os.fsencode(path), how, sizeof(how))
+
+
+SECCOMP_SET_MODE_FILTER = 1
+
+
+def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog): install a BPF program
+    (struct sock_filter[], 8 bytes each), as libseccomp's seccomp_load does."""
+    count = len(program) // 8
+    instructions = (_U64 * count).from_buffer_copy(program)
+    # struct sock_fprog: unsigned short len (padded to 8 bytes), then the pointer.
+    fprog = u64_array(count, _ctypes.addressof(instructions))
+    syscall("seccomp", "seccomp", SECCOMP_SET_MODE_FILTER, flags, fprog)
 
 
 def pidfd_open(pid: int) -> int:
