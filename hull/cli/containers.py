@@ -3,7 +3,6 @@ inspect, pause, unpause, container prune/cleanup. Thin: flags -> ContainerServic
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -397,6 +396,8 @@ def ps(args: argparse.Namespace) -> int:
     rows = [ps_row(r, args.no_trunc) for r in records]
     if args.format == "json":
         for row in rows:
+            import json
+
             print(json.dumps(row))
         return 0
     if args.format and args.format != "table":
@@ -505,6 +506,8 @@ def inspect(args: argparse.Namespace) -> int:
         for doc in docs:
             print(_output().render_template(args.format, doc))
     else:
+        import json
+
         print(json.dumps(docs, indent=4))
     return 1 if failed else 0
 

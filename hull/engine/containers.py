@@ -11,7 +11,6 @@ process left half done.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from hull.engine.runconfig import RunConfig
 from hull.errors import ConfigError, HullError, NotFoundError, StateError
 from hull.paths import HullPaths
 from hull.records import dataclass
+from hull.runtime import fastjson  # not `json`: ~1 ms of `hull run`
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class ContainerRecord:
             name=row["name"],
             image_id=row["image_id"],
             image_name=row["image_name"],
-            run=RunConfig.from_dict(json.loads(row["run_config"])),
+            run=RunConfig.from_dict(fastjson.loads(row["run_config"])),
             state=row["state"],
             pid=row["pid"],
             shim_pid=row["shim_pid"],
@@ -264,7 +264,7 @@ class ContainerService:
                         name,
                         image.id,
                         run.image,
-                        json.dumps(run.to_dict()),
+                        fastjson.dumps(run.to_dict()),
                         CREATED,
                         time.time(),
                     ),
@@ -563,7 +563,7 @@ class ContainerService:
             print(f"hull: warning: {warning}", file=sys.stderr)
         _make_workdir(layout.rootfs, spec["process"].get("cwd") or "/")
         tmp = layout.bundle / "config.json.tmp"
-        tmp.write_text(json.dumps(spec))
+        tmp.write_text(fastjson.dumps(spec))
         os.replace(tmp, layout.bundle / "config.json")
 
     def _spawn_shim(
@@ -1023,7 +1023,7 @@ def inspect_document(record: ContainerRecord, layout: ContainerLayout) -> dict[s
     run = record.run
     args: list[str] = []
     try:
-        spec = json.loads((layout.bundle / "config.json").read_text())
+        spec = fastjson.loads((layout.bundle / "config.json").read_text())
         args = spec["process"]["args"]
     except (OSError, ValueError, KeyError):
         args = command_of(record)

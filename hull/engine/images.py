@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import time
@@ -25,6 +24,7 @@ from hull.oci.image import Descriptor, Manifest, chain_ids, parse_config, parse_
 from hull.oci.reference import DEFAULT_TAG, Reference, parse_reference
 from hull.paths import HullPaths
 from hull.records import dataclass, field
+from hull.runtime import fastjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from hull.image.store import ContentStore
     from hull.oci.image import Platform
 
-_HEX_PREFIX = re.compile(r"[0-9a-f]{1,64}")
+_HEX_PREFIX = r"[0-9a-f]{1,64}"  # compiled on first use
 _DIGEST_ALGO = "sha256:"
 
 # --------------------------------------------------------------------- records
@@ -170,6 +170,8 @@ class ImageCatalog:
 
     def put(self, record: ImageRecord) -> None:
         """Insert or refresh an image; its tags (which point at the ID) are untouched."""
+        import json  # sort_keys: fastjson (the run path's codec) has no such option
+
         self.db.execute(
             "INSERT INTO images (id, manifest_digest, manifest_media_type, index_digest, size,"
             " created, platform, config, layers, added) VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -243,8 +245,8 @@ class ImageCatalog:
             size=row["size"],
             created=row["created"],
             platform=row["platform"],
-            config=json.loads(row["config"]),
-            layers=[LayerRecord.from_dict(d) for d in json.loads(row["layers"])],
+            config=fastjson.loads(row["config"]),
+            layers=[LayerRecord.from_dict(d) for d in fastjson.loads(row["layers"])],
             added=row["added"],
             tags=tags,
             digests=digests,
@@ -286,13 +288,13 @@ def resolve(catalog: ImageCatalog, name: str) -> Resolved:
             image_id = catalog.by_tag(ref)
             if image_id and (image := catalog.get(image_id)):
                 return Resolved(image, tag=ref)
-    if _HEX_PREFIX.fullmatch(text):
+    if re.fullmatch(_HEX_PREFIX, text):
         return Resolved(_by_id_prefix(catalog, text, name))
     raise NotFoundError(f"no such image: {name}")
 
 
 def _by_id_prefix(catalog: ImageCatalog, hex_prefix: str, name: str) -> ImageRecord:
-    if not _HEX_PREFIX.fullmatch(hex_prefix):
+    if not re.fullmatch(_HEX_PREFIX, hex_prefix):
         raise NotFoundError(f"no such image: {name}")
     ids = catalog.ids_with_prefix(hex_prefix)
     if len(ids) > 1:
@@ -530,6 +532,8 @@ class ImageService:
         is the new image config, whose rootfs this fills in. Blobs are written under
         the writer lock and the image recorded in one transaction, as pull and load do.
         """
+        import json
+
         from hull.oci.digest import DigestVerifier, sha256_digest
         from hull.oci.image import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 
@@ -697,6 +701,8 @@ class ImageService:
         repo_digests: list[Reference],
     ) -> ImageRecord:
         """Unpack the layers, then record the image and its names in one transaction."""
+        import json
+
         config_raw = self.store.read_bytes(manifest.config.digest)
         config = parse_config(config_raw)
         if len(config.rootfs_diff_ids) != len(manifest.layers):

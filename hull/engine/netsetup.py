@@ -21,7 +21,6 @@ hull.net.networks pulls in pyroute2, which costs ~100 ms.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sys
 from collections.abc import Iterable
@@ -31,6 +30,7 @@ from hull.engine.runconfig import RunConfig, uses_network
 from hull.errors import ConfigError, HullError, StateError
 from hull.paths import HullPaths
 from hull.records import dataclass
+from hull.runtime import fastjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def endpoints(db: Database, container_id: str) -> list[EndpointRow]:
             r["gateway"],
             int(r["subnet"].rpartition("/")[2]),
             r["host_ifname"],
-            tuple(json.loads(r["aliases"])),
+            tuple(fastjson.loads(r["aliases"])),
         )
         for r in rows
     ]
@@ -316,7 +316,7 @@ def user_network_peers(db: Database, container_id: str) -> list[tuple[str, list[
         " AND n.name != 'bridge' ORDER BY n.name, p.ip",
         (container_id,),
     ).fetchall()
-    return [(r["ip"], list(json.loads(r["aliases"]))) for r in rows]
+    return [(r["ip"], list(fastjson.loads(r["aliases"]))) for r in rows]
 
 
 def container_hosts_text(db: Database, container_id: str, run: RunConfig, hostname: str) -> str:
@@ -346,7 +346,7 @@ def refresh_peer_hosts(
     ).fetchall()
     for row in rows:
         try:
-            run = RunConfig.from_dict(json.loads(row["run_config"]))
+            run = RunConfig.from_dict(fastjson.loads(row["run_config"]))
             path = paths.containers / row["id"] / "hosts"
             if not path.exists():
                 continue
@@ -367,7 +367,7 @@ def dns_containers(db: Database) -> dict[str, tuple[str, list[str]]]:
         "SELECT c.id, c.name, json_extract(c.run_config, '$.dns') AS dns FROM containers c"
         " WHERE c.id IN (SELECT container_id FROM net_endpoints)"
     ).fetchall()
-    return {r["id"]: (r["name"], json.loads(r["dns"] or "[]")) for r in rows}
+    return {r["id"]: (r["name"], fastjson.loads(r["dns"] or "[]")) for r in rows}
 
 
 def sync_dns(paths: HullPaths, db: Database, warnings: list[str]) -> bool:
@@ -621,7 +621,7 @@ def disconnect_container(service: ContainerService, network_ref: str, container_
 def _save_run(service: ContainerService, container_id: str, run: RunConfig) -> None:
     service.db.execute(
         "UPDATE containers SET run_config = ? WHERE id = ?",
-        (json.dumps(run.to_dict()), container_id),
+        (fastjson.dumps(run.to_dict()), container_id),
     )
 
 

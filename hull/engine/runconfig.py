@@ -197,13 +197,15 @@ def _copy_item(value: Any) -> Any:
 
 # ---------------------------------------------------------------- sizes, numbers
 
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.IGNORECASE)
+# Patterns are compiled on first use (re caches them): compiling all of them at
+# import cost ~1 ms of every `hull run`, which needs few or none.
+_SIZE_RE = r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
 def parse_memory(value: str, what: str = "memory") -> int:
     """'512m' -> bytes, Docker's RAMInBytes: binary units b k m g t p, optional 'b'/'ib'."""
-    match = _SIZE_RE.match(value.strip())
+    match = re.match(_SIZE_RE, value.strip(), re.IGNORECASE)
     if not match:
         raise ConfigError(f"invalid {what} size: '{value}'")
     number, unit = match.groups()
@@ -383,7 +385,7 @@ def normalize_cap(name: str) -> str:
 
 # ---------------------------------------------------------------- mounts
 
-_VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_VOLUME_NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$"
 
 
 def _clean_target(target: str, kind: str) -> str:
@@ -408,7 +410,7 @@ def _host_path(source: str) -> str:
 
 
 def _check_volume_name(name: str) -> None:
-    if not _VOLUME_NAME_RE.match(name):
+    if not re.match(_VOLUME_NAME_RE, name):
         raise ConfigError(
             f'"{name}" includes invalid characters for a local volume name, only '
             '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host '
@@ -616,11 +618,11 @@ def image_volume_mounts(run: RunConfig, image_config: dict[str, Any]) -> list[Mo
 
 # ---------------------------------------------------------------- names, signals
 
-_NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_NAME_RE = r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$"
 
 
 def check_container_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not re.match(_NAME_RE, name):
         raise ConfigError(
             f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
         )
@@ -667,7 +669,7 @@ def signal_number(name: str) -> int:
 
 # ---------------------------------------------------------------- networking
 
-_NETWORK_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_NETWORK_NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 
 
 def default_network(isolation: str) -> str:
@@ -692,7 +694,7 @@ def check_network_mode(value: str) -> str:
         if not value[len("container:") :]:
             raise ConfigError("--network container: needs a container name or id")
         return value
-    if not _NETWORK_NAME_RE.match(value):
+    if not re.match(_NETWORK_NAME_RE, value):
         raise ConfigError(f"invalid network name {value!r}")
     return value
 
@@ -715,7 +717,7 @@ def parse_add_host(value: str) -> str:
     name, found, address = value.partition(sep)
     if not found or not name or not address:
         raise ConfigError(f"invalid argument {value!r} for --add-host: use name:ip")
-    if _HOSTNAME_BAD.search(name):
+    if re.search(_HOSTNAME_BAD, name):
         raise ConfigError(f"invalid host name {name!r} for --add-host")
     if address != "host-gateway":
         address = parse_ip(address.strip("[]"), "IP address in --add-host")
@@ -797,7 +799,7 @@ def parse_security_opts(values: list[str]) -> SecurityOptions:
 
 # ---------------------------------------------------------------- whole-config checks
 
-_HOSTNAME_BAD = re.compile(r"[\s/\x00]")
+_HOSTNAME_BAD = r"[\s/\x00]"
 
 
 def validate_run_config(run: RunConfig) -> RunConfig:
@@ -821,7 +823,9 @@ def validate_run_config(run: RunConfig) -> RunConfig:
             f"the working directory '{run.workdir}' is invalid, it needs to be an absolute path"
         )
     if run.hostname is not None and (
-        not run.hostname or len(run.hostname.encode()) > 64 or _HOSTNAME_BAD.search(run.hostname)
+        not run.hostname
+        or len(run.hostname.encode()) > 64
+        or re.search(_HOSTNAME_BAD, run.hostname)
     ):
         raise ConfigError(f"invalid hostname {run.hostname!r}")
     _check_resources(run)

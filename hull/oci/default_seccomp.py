@@ -9,12 +9,12 @@ resolves those the way moby's setupSeccomp does. Pure data and logic, no I/O.
 
 from __future__ import annotations
 
-import copy
+import marshal
 import os
-from collections.abc import Iterable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 # Docker's default capability set (moby oci/caps/defaults.go), in the OCI form.
@@ -299,7 +299,8 @@ def default_seccomp(caps: Iterable[str], *, machine: str | None = None) -> dict[
     for rule in _CONDITIONAL_RULES:
         if _applies(rule, cap_set, arch):
             kept = {k: v for k, v in rule.items() if k not in ("includes", "excludes")}
-            syscalls.append(copy.deepcopy(kept))
+            # A deep copy of plain data; marshal is builtin (`copy` costs ~0.5 ms here).
+            syscalls.append(marshal.loads(marshal.dumps(kept)))
     profile["syscalls"] = syscalls
     return profile
 

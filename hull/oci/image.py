@@ -8,7 +8,6 @@ lists are accepted as the OCI formats they were the model for; schema1 is not.
 
 from __future__ import annotations
 
-import json
 import os
 
 from hull.errors import ConfigError, NotFoundError
@@ -455,6 +454,8 @@ def _clean_media_type(media_type: str | None) -> str | None:
 
 
 def _load_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    import json  # here: not on `hull run`'s path, where images are already parsed
+
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

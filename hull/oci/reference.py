@@ -23,13 +23,13 @@ NAME_TOTAL_LENGTH_MAX = 255
 
 _ALPHA_NUMERIC = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[._]|__|[-]+)"
-_PATH_COMPONENT = re.compile(rf"{_ALPHA_NUMERIC}(?:{_SEPARATOR}{_ALPHA_NUMERIC})*\Z")
+_PATH_COMPONENT = rf"{_ALPHA_NUMERIC}(?:{_SEPARATOR}{_ALPHA_NUMERIC})*\Z"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN_NAME = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*"
 _IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
-_DOMAIN = re.compile(rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?\Z")
-_TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
-_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}\Z")
+_DOMAIN = rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?\Z"
+_TAG = r"[\w][\w.-]{0,127}\Z"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}\Z"
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 
 
@@ -122,7 +122,7 @@ def _split_domain(name: str, text: str) -> tuple[str, str]:
     )
     if looks_like_host:
         domain, path = first, rest
-        if not _DOMAIN.match(domain):
+        if not re.match(_DOMAIN, domain):
             raise ConfigError(f"invalid reference format {text!r}: invalid registry {domain!r}")
     else:
         domain, path = DEFAULT_DOMAIN, name
@@ -142,7 +142,7 @@ def _check_path(path: str, text: str) -> None:
             raise ConfigError(
                 f"invalid reference format {text!r}: empty path component in {path!r}"
             )
-        if not _PATH_COMPONENT.match(component):
+        if not re.match(_PATH_COMPONENT, component):
             raise ConfigError(
                 f"invalid reference format {text!r}: invalid repository name component "
                 f"{component!r} (use lowercase letters, digits and single . _ __ or - "
@@ -151,7 +151,7 @@ def _check_path(path: str, text: str) -> None:
 
 
 def _check_tag(tag: str, text: str | None = None) -> None:
-    if not _TAG.match(tag):
+    if not re.match(_TAG, tag):
         raise ConfigError(
             f"invalid reference format {text or tag!r}: invalid tag {tag!r} (up to 128 "
             "letters, digits, _ . -; not starting with . or -)"
@@ -160,7 +160,7 @@ def _check_tag(tag: str, text: str | None = None) -> None:
 
 def _check_digest(digest: str, text: str | None = None) -> None:
     where = f"invalid reference format {text or digest!r}"
-    if not _DIGEST.match(digest):
+    if not re.match(_DIGEST, digest):
         raise ConfigError(f"{where}: invalid digest {digest!r} (expected algorithm:hex)")
     algorithm, hex_part = digest.split(":", 1)
     expected = _DIGEST_HEX_LENGTH.get(algorithm)
