@@ -1176,7 +1176,16 @@ def _lock_is_free(layout: ContainerLayout) -> bool:
     return True
 
 
-_OFD_WRITE_LOCK = (1, 0, 0, 0, 0)  # F_WRLCK, SEEK_SET, start 0, len 0 (whole file), pid 0
+# struct flock for F_OFD_SETLK/GETLK: short l_type, short l_whence, (pad), off_t l_start,
+# off_t l_len, pid_t l_pid, (pad): 32 bytes, all zero but l_type. Built by hand: `struct`
+# is one more extension module to load on `hull run`'s path.
+_FLOCK_SIZE = 32
+_F_RDLCK, _F_WRLCK, _F_UNLCK = 0, 1, 2
+
+
+def _flock(l_type: int) -> bytes:
+    """A whole-file lock request (l_start 0, l_len 0, l_pid 0 as OFD locks want)."""
+    return l_type.to_bytes(2, sys.byteorder) + bytes(_FLOCK_SIZE - 2)
 
 
 def _claim_supervision(layout: ContainerLayout) -> int:
@@ -1186,13 +1195,12 @@ def _claim_supervision(layout: ContainerLayout) -> int:
     closing other fds of the file, and die with the process, kill -9 included.
     Returns the fd to close when supervision ends (-1 if the container is gone)."""
     import fcntl
-    import struct
 
     try:
         fd = os.open(layout.lock, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return -1
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", *_OFD_WRITE_LOCK))
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(_F_WRLCK))
     return fd
 
 
@@ -1204,18 +1212,16 @@ def _release_supervision(fd: int) -> None:
 def _supervised(layout: ContainerLayout) -> bool:
     """A live `hull` process supervises the container itself (_claim_supervision)."""
     import fcntl
-    import struct
 
     try:
         fd = os.open(layout.lock, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
-        probe = struct.pack("hhqqi4x", 0, 0, 0, 0, 0)  # F_RDLCK over the whole file
-        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(_F_RDLCK))
     finally:
         os.close(fd)
-    return struct.unpack("hhqqi4x", answer)[0] != 2  # F_UNLCK: nobody holds it
+    return int.from_bytes(answer[:2], sys.byteorder) != _F_UNLCK  # held by someone
 
 
 def _detach_rootfs(layout: ContainerLayout) -> None:

@@ -273,7 +273,7 @@ def all_caps() -> list[str]:
 
 def _bounding_mask() -> int:
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open("/proc/self/status", encoding="utf-8") as f:  # ascii: one codec more to load
             for line in f:
                 if line.startswith("CapBnd:"):
                     return int(line.split()[1], 16)
