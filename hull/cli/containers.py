@@ -102,13 +102,16 @@ def _early_stage1(args: argparse.Namespace):
             os.dup2(fd, 0)
             os.close(fd)
     from hull.runtime.linux.seccomp_cache import CACHE_DIR_NAME
-    from hull.runtime.prefork import prefork
+    from hull.runtime.prefork import AHEAD_DEFAULT, CLONE_NEWNET, prefork
 
     # The engine's default profile, most likely: the worker loads libseccomp
     # meanwhile, unless compiled filters are cached already (the usual case).
     cached = os.path.isdir(os.path.join(args.paths.runtime_state, CACHE_DIR_NAME))
+    # A network namespace of its own only with --network none: a bridge network's
+    # is made by the engine and joined by path, host's and container:X are not new.
+    ahead = AHEAD_DEFAULT if args.network == "none" else AHEAD_DEFAULT & ~CLONE_NEWNET
     try:
-        return prefork(seccomp=not cached)
+        return prefork(seccomp=not cached, ahead=ahead)
     except OSError:
         return None  # only an optimization: the runtime forks stage 1 itself
 

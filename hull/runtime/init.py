@@ -77,13 +77,17 @@ class InitRequest:
         return cls(**chan.expect_data("req"))
 
 
-def worker_main(chan: Channel, pid1: bool, cpus: set[int], seccomp: bool = False) -> None:
+def worker_main(
+    chan: Channel, pid1: bool, cpus: set[int], seccomp: bool = False, ahead: int = 0
+) -> None:
     """A Stage1Worker (hull.runtime.prefork) after its fork: preload, wait for the
     request, then be stage 1 (or, as PID 1 already, the container's init); exit
     quietly when not used. Never returns.
 
     seccomp: the config will likely have a profile (the engine's do): load ctypes
     and libseccomp now, while the caller is still busy, rather than after "req".
+    ahead: namespaces to create now too (prefork.AHEAD_DEFAULT); stage 1 sorts
+    them out against the config.
     """
     try:
         from hull.runtime.linux import syscalls as sc
@@ -92,11 +96,56 @@ def worker_main(chan: Channel, pid1: bool, cpus: set[int], seccomp: bool = False
         _preload_init_modules()
         if seccomp:
             _preload_seccomp()
+        made = _unshare_ahead(ahead)
         req = InitRequest.receive(chan)
         os.sched_setaffinity(0, cpus)  # the runtime's CPUs again: the container inherits them
     except BaseException:  # noqa: BLE001 - unused or interrupted: the runtime reports
         os._exit(0)
-    child_main(stage1, chan, req, pid1)
+    child_main(stage1, chan, req, pid1, made)
+
+
+def _unshare_ahead(flags: int) -> list[tuple[str, int]]:
+    """Create the namespaces of flags before the request names them; returns
+    (kind, fd of the host's namespace of that kind) for each one made, for
+    stage 1 to go back to where the config wants the host's. Nothing on failure
+    (no privilege): stage 1 then creates them itself, as without a worker."""
+    from hull.runtime.linux import namespaces as ns
+    from hull.runtime.linux import syscalls as sc
+
+    kinds = [kind for kind in ("uts", "ipc", "network") if flags & ns.CLONE_FLAGS[kind]]
+    if not kinds:
+        return []
+    saved: list[tuple[str, int]] = []
+    try:
+        for kind in kinds:
+            path = f"/proc/self/ns/{'net' if kind == 'network' else kind}"
+            saved.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+        sc.unshare(sum(ns.CLONE_FLAGS[kind] for kind in kinds))
+    except OSError:
+        for _, fd in saved:
+            os.close(fd)
+        return []
+    return saved
+
+
+def _settle_ahead(made: list[tuple[str, int]], namespaces: dict[str, str | None]) -> int:
+    """Keep the namespaces made ahead that the config creates; go back to the host's
+    for the others (it joins another, keeps the host's, or a user namespace must
+    own them, so they are made after it). Returns the clone flags kept."""
+    from hull.runtime.linux import namespaces as ns
+    from hull.runtime.linux import syscalls as sc
+
+    kept = 0
+    try:
+        for kind, fd in made:
+            if "user" not in namespaces and kind in namespaces and namespaces[kind] is None:
+                kept |= ns.CLONE_FLAGS[kind]
+            else:
+                sc.setns(fd, ns.CLONE_FLAGS[kind])
+    finally:
+        for _, fd in made:
+            os.close(fd)  # the host's namespaces: never left open for the container
+    return kept
 
 
 def _preload_init_modules() -> None:
@@ -165,11 +214,17 @@ def _report(chan: Channel, message: str) -> None:
         pass
 
 
-def stage1(chan: Channel, req: InitRequest, pid1: bool = False) -> None:
+def stage1(
+    chan: Channel,
+    req: InitRequest,
+    pid1: bool = False,
+    made_ahead: list[tuple[str, int]] | None = None,
+) -> None:
     """Enter or create namespaces, then fork PID 1 of the new pid namespace.
 
     pid1: we are PID 1 of the container's new pid namespace already (a worker
     forked by linux.pidns, see Stage1Worker.usable_for): go on as stage 2.
+    made_ahead: namespaces the worker created before the request (_unshare_ahead).
     """
     from hull.runtime.linux import namespaces as ns
     from hull.runtime.linux import syscalls as sc
@@ -182,6 +237,7 @@ def stage1(chan: Channel, req: InitRequest, pid1: bool = False) -> None:
     _preload_init_modules()
 
     cgroup: dict | None = None  # from "go": where the parent made our cgroup
+    kept_ahead = _settle_ahead(made_ahead, namespaces) if made_ahead else 0
     opened = ns.open_paths(namespaces)
     if "user" in namespaces:
         # Past the id switch below we are the mapped uid, which may not read Hull's
@@ -204,6 +260,7 @@ def stage1(chan: Channel, req: InitRequest, pid1: bool = False) -> None:
     flags = ns.new_flags(
         namespaces, exclude=("user", "cgroup", "pid") if pid1 else ("user", "cgroup")
     )
+    flags &= ~kept_ahead
     if flags:
         try:
             sc.unshare(flags)

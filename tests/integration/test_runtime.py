@@ -447,6 +447,25 @@ def test_join_existing_namespace_by_path(rt, tmp_path, busybox_rootfs):
     assert out.stdout.strip() == os.readlink(f"/proc/{pid}/ns/net")
 
 
+def test_namespaces_the_config_leaves_out_are_the_hosts(rt, tmp_path, busybox_rootfs):
+    """Stage 1's worker makes uts, ipc and network namespaces before the config is in
+    (prefork.AHEAD_DEFAULT): a config without them must still get the host's."""
+
+    def edit(config):
+        kept = ("uts", "ipc", "network")
+        config["linux"]["namespaces"] = [
+            ns for ns in config["linux"]["namespaces"] if ns["type"] not in kept
+        ]
+        config.pop("hostname")
+
+    script = "for n in net uts ipc; do readlink /proc/self/ns/$n; done"
+    bundle, _ = config_with(tmp_path, busybox_rootfs, script, edit)
+    out = rt.run("run", "--bundle", str(bundle), container_id())
+    assert out.returncode == 0, out.stderr
+    host = [os.readlink(f"/proc/self/ns/{name}") for name in ("net", "uts", "ipc")]
+    assert out.stdout.split() == host
+
+
 def test_time_namespace_offsets(rt, tmp_path, busybox_rootfs):
     def edit(config):
         config["linux"]["namespaces"].append({"type": "time"})

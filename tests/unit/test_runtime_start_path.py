@@ -320,3 +320,13 @@ def test_child_errors_go_to_the_runtime_not_twice_to_stderr(capfd):
     _report(child, "nobody listens")  # `start` after `create` exited: stderr it is
     assert "hull-runtime: nobody listens" in capfd.readouterr().err
     child.close()
+
+
+def test_prefork_clone_flags_match_the_syscall_module():
+    """prefork spells the flags out (it loads before linux.syscalls may)."""
+    from hull.runtime import prefork
+    from hull.runtime.linux import syscalls
+
+    assert prefork.CLONE_NEWUTS == syscalls.CLONE_NEWUTS
+    assert prefork.CLONE_NEWIPC == syscalls.CLONE_NEWIPC
+    assert prefork.CLONE_NEWNET == syscalls.CLONE_NEWNET
