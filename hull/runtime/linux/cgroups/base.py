@@ -179,7 +179,20 @@ class CgroupManager:
             self._created.append(path)
 
     def _mkdirs(self, mountpoint: str) -> str:
-        """mkdir -p this cgroup under mountpoint, remembering what was new."""
+        """mkdir -p this cgroup under mountpoint, remembering what was new.
+
+        The leaf first: its parents (/hull, a test's own parent) usually exist, and
+        walking down costs a failing mkdir per level in every hierarchy, every start.
+        """
+        leaf = os.path.join(mountpoint, *path_components(self.path))
+        if leaf != mountpoint:
+            try:
+                self._remember(leaf, self.files.mkdir(leaf))
+                return leaf
+            except FileNotFoundError:
+                pass  # a parent is missing: make the path level by level
+            except OSError as e:
+                raise KernelError(f"cannot create cgroup {leaf}: {e.strerror}") from e
         current = mountpoint
         for name in path_components(self.path):
             current = os.path.join(current, name)
