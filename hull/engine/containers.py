@@ -159,6 +159,10 @@ class ContainerService:
         self.db = db or Database(paths.db)
         self._images: ImageService | None = None
         self._foreground_rm = False
+        # Image records by ID, as read during this service's life: an ID names the
+        # image's content (config and layers), which never changes, and one run
+        # reads it three times (create, mount, config). Tags are not read from here.
+        self._image_content: dict[str, ImageRecord] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -245,17 +249,19 @@ class ContainerService:
                     mount.source = VolumeService(self.paths, self.db).create(mount.source)["Name"]
             with self.db.transaction() as conn:
                 taken = "SELECT 1 FROM containers WHERE name = ?"
-                suffix = 0
-                while not run.name and conn.execute(taken, (name,)).fetchone():
-                    # A generated name taken meanwhile (parallel creates): Docker
-                    # appends a digit; here a counter, under the write lock.
-                    suffix += 1
-                    name = f"{name.rstrip('0123456789')}{suffix}"
-                if conn.execute(taken, (name,)).fetchone():
-                    raise StateError(
-                        f'the container name "/{name}" is already in use: remove it or '
-                        "choose another name"
-                    )
+                if run.name:
+                    if conn.execute(taken, (name,)).fetchone():
+                        raise StateError(
+                            f'the container name "/{name}" is already in use: remove it or '
+                            "choose another name"
+                        )
+                else:
+                    suffix = 0
+                    while conn.execute(taken, (name,)).fetchone():
+                        # A generated name taken meanwhile (parallel creates): Docker
+                        # appends a digit; here a counter, under the write lock.
+                        suffix += 1
+                        name = f"{name.rstrip('0123456789')}{suffix}"
                 conn.execute(
                     "INSERT INTO containers (id, name, image_id, image_name, run_config, state,"
                     " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -275,6 +281,25 @@ class ContainerService:
         return self.get(cid)
 
     def _image_for(self, run: RunConfig) -> ImageRecord:
+        image = self._resolve_image(run)
+        self._remember_image(image)
+        return image
+
+    def _remember_image(self, image: ImageRecord) -> None:
+        if len(self._image_content) >= 16:  # a long-lived API server: keep it small
+            self._image_content.clear()
+        self._image_content[image.id] = image
+
+    def _image_content_of(self, image_id: str) -> ImageRecord | None:
+        """The image's config and layers (see _image_content), None if it is gone."""
+        image = self._image_content.get(image_id)
+        if image is None:
+            image = self.images.catalog.get(image_id)
+            if image is not None:
+                self._remember_image(image)
+        return image
+
+    def _resolve_image(self, run: RunConfig) -> ImageRecord:
         images = self.images
         if run.pull == "always":
             return images.pull(run.image, progress="auto")
@@ -488,7 +513,7 @@ class ContainerService:
 
         if os.path.ismount(layout.rootfs):
             return False
-        image = self.images.catalog.get(record.image_id)
+        image = self._image_content_of(record.image_id)
         if image is None:
             raise NotFoundError(f"the image of container {record.name} is gone ({record.image_id})")
         lowers = _unpacked_layers(self.paths, image.diff_ids)
@@ -501,7 +526,7 @@ class ContainerService:
         return True
 
     def _image_config(self, record: ContainerRecord) -> dict[str, Any]:
-        image = self.images.catalog.get(record.image_id)
+        image = self._image_content_of(record.image_id)
         return (image.config if image else {}).get("config") or {}
 
     def _setup_network(
