@@ -56,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import density  # noqa: E402
+from bench.peers import own_cgroup_parent  # noqa: E402
 from hull.oci.runtime_spec import default_spec  # noqa: E402
 from hull.paths import HullPaths  # noqa: E402
 from hull.vm import pool  # noqa: E402
@@ -178,7 +179,8 @@ def bench_container(work: Path, rootfs: Path, runs: int) -> list[float]:
         config["root"] = {"path": str(rootfs), "readonly": True}
         config["process"]["terminal"] = False
         config["process"]["args"] = ["true"]
-        config["linux"]["cgroupsPath"] = f"/hull-bench/{uuid.uuid4().hex[:12]}"
+        parent = os.environ.get("HULL_CGROUP_PARENT", "hull-bench")  # own_cgroup_parent
+        config["linux"]["cgroupsPath"] = f"/{parent}/{uuid.uuid4().hex[:12]}"
         (bundle / "config.json").write_text(json.dumps(config))
         cid = uuid.uuid4().hex[:12]
         results.append(timed([runtime, "--root", str(state), "run", "--bundle", str(bundle), cid]))
@@ -321,6 +323,7 @@ def main() -> None:
     )
     parser.add_argument("--density-count", type=int, default=1000, help="density.py's --count")
     args = parser.parse_args()
+    own_cgroup_parent()  # the host's own /hull cgroup parent is never touched
 
     work = Path(tempfile.mkdtemp(prefix="hull-vm-bench-", dir="/tmp"))
     root = Path(args.root) if args.root else work / "root"
