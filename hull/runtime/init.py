@@ -78,7 +78,12 @@ class InitRequest:
 
 
 def worker_main(
-    chan: Channel, pid1: bool, cpus: set[int], seccomp: bool = False, ahead: int = 0
+    chan: Channel,
+    pid1: bool,
+    cpus: set[int],
+    seccomp: bool = False,
+    ahead: int = 0,
+    ahead_config: str | None = None,
 ) -> None:
     """A Stage1Worker (hull.runtime.prefork) after its fork: preload, wait for the
     request, then be stage 1 (or, as PID 1 already, the container's init); exit
@@ -87,7 +92,8 @@ def worker_main(
     seccomp: the config will likely have a profile (the engine's do): load ctypes
     and libseccomp now, while the caller is still busy, rather than after "req".
     ahead: namespaces to create now too (prefork.AHEAD_DEFAULT); stage 1 sorts
-    them out against the config.
+    them out against the config. ahead_config: the bundle's config.json, to make
+    only those of ahead that it creates (read while we wait anyway).
     """
     try:
         from hull.runtime.linux import syscalls as sc
@@ -96,12 +102,34 @@ def worker_main(
         _preload_init_modules()
         if seccomp:
             _preload_seccomp()
+        if ahead_config is not None:
+            ahead &= _new_in_config(ahead_config)
         made = _unshare_ahead(ahead)
         req = InitRequest.receive(chan)
         os.sched_setaffinity(0, cpus)  # the runtime's CPUs again: the container inherits them
     except BaseException:  # noqa: BLE001 - unused or interrupted: the runtime reports
         os._exit(0)
     child_main(stage1, chan, req, pid1, made)
+
+
+def _new_in_config(path: str) -> int:
+    """Clone flags of the uts, ipc and network namespaces a config.json creates
+    (none with a user namespace, which must own them; none if it cannot be read:
+    the request is what counts)."""
+    from hull.runtime import fastjson
+    from hull.runtime.linux import namespaces as ns
+
+    try:
+        with open(path, "rb") as f:
+            config = fastjson.loads(f.read())
+        entries = config["linux"]["namespaces"]
+        types = {e["type"] for e in entries}
+        new = {e["type"] for e in entries if not e.get("path")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+    if "user" in types:
+        return 0
+    return sum(ns.CLONE_FLAGS[kind] for kind in ("uts", "ipc", "network") if kind in new)
 
 
 def _unshare_ahead(flags: int) -> list[tuple[str, int]]:

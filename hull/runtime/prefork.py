@@ -84,12 +84,19 @@ class Stage1Worker:
         self.pid = 0
 
 
-def prefork(pid1: bool = True, seccomp: bool = False, ahead: int = AHEAD_DEFAULT) -> Stage1Worker:
+def prefork(
+    pid1: bool = True,
+    seccomp: bool = False,
+    ahead: int = AHEAD_DEFAULT,
+    ahead_config: str | None = None,
+) -> Stage1Worker:
     """Fork a stage 1 that waits for its request (it holds no fd but what we hold
     now and the channel), as PID 1 of a new pid namespace when pid1 is asked for
     and the kernel lets us. seccomp: the config will likely carry a profile, so
     the worker loads libseccomp while it waits (init.worker_main). ahead: the
-    namespaces (of AHEAD_DEFAULT) it creates meanwhile, the config's likely ones."""
+    namespaces (of AHEAD_DEFAULT) it creates meanwhile, the config's likely ones;
+    ahead_config: a config.json to read them from instead (those of ahead it
+    creates anew), for a caller that has not read it yet."""
     chan, child_chan = Channel.pair()
     _flush_stdio()
     cpus = os.sched_getaffinity(0)
@@ -105,7 +112,7 @@ def prefork(pid1: bool = True, seccomp: bool = False, ahead: int = AHEAD_DEFAULT
     if pid < 0:
         pid = os.fork()
     if pid == 0:
-        _child(chan, child_chan, pid1, cpus, elsewhere, seccomp, ahead)
+        _child(chan, child_chan, pid1, cpus, elsewhere, seccomp, ahead, ahead_config)
     _move(pid, elsewhere)
     child_chan.close()
     return Stage1Worker(pid, chan, pid1)
@@ -119,6 +126,7 @@ def _child(
     elsewhere: "set[int] | None",
     seccomp: bool,
     ahead: int,
+    ahead_config: str | None,
 ) -> None:
     """The worker's side of the fork: never returns into the caller's code."""
     _move(0, elsewhere)  # if we run first, we took the caller's CPU: hand it back
@@ -127,7 +135,7 @@ def _child(
         from hull.runtime.init import worker_main
     except BaseException:  # noqa: BLE001 - the runtime reports when nobody answers
         os._exit(0)
-    worker_main(child_chan, pid1, cpus, seccomp, ahead)
+    worker_main(child_chan, pid1, cpus, seccomp, ahead, ahead_config)
     os._exit(0)
 
 
@@ -171,20 +179,38 @@ def _flush_stdio() -> None:
 
 def wants_stage1(argv: "list[str]") -> bool:
     """Whether `hull-runtime ARGV` is create or run (and not their --help)."""
+    return _verb_index(argv) >= 0
+
+
+def _verb_index(argv: "list[str]") -> int:
+    """Where create or run is in argv (not with --help), else -1."""
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
-            return False
+            return -1
         if not arg.startswith("-") or arg == "-":
             rest = argv[i + 1 :]
-            return arg in PREFORK_VERBS and "--help" not in rest and "-h" not in rest
+            wanted = arg in PREFORK_VERBS and "--help" not in rest and "-h" not in rest
+            return i if wanted else -1
         if arg in GLOBAL_VALUE_FLAGS:
             i += 1  # its value (--root=DIR carries it itself)
         elif arg.partition("=")[0] in ("--help", "-h", "--version", "-v"):
-            return False
+            return -1
         i += 1
-    return False
+    return -1
+
+
+def bundle_config(argv: "list[str]") -> str:
+    """The config.json that `hull-runtime create|run ... [--bundle B]` will run
+    (commands.create: --bundle or -b, else the working directory)."""
+    rest = argv[_verb_index(argv) + 1 :]
+    bundle = ""
+    for i, arg in enumerate(rest):
+        name, eq, value = arg.partition("=")
+        if name in ("--bundle", "-b"):
+            bundle = value if eq else (rest[i + 1] if i + 1 < len(rest) else "")
+    return os.path.join(bundle or os.getcwd(), "config.json")
 
 
 def from_argv(argv: "list[str]") -> "Stage1Worker | None":
@@ -195,6 +221,6 @@ def from_argv(argv: "list[str]") -> "Stage1Worker | None":
     if not wants_stage1(argv):
         return None
     try:
-        return prefork()
+        return prefork(ahead_config=bundle_config(argv))
     except Exception:  # noqa: BLE001 - only an optimization
         return None

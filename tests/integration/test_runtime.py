@@ -466,6 +466,38 @@ def test_namespaces_the_config_leaves_out_are_the_hosts(rt, tmp_path, busybox_ro
     assert out.stdout.split() == host
 
 
+def test_the_launchers_worker_reads_the_config_for_its_namespaces(tmp_path, busybox_rootfs):
+    """The hull-runtime launcher's worker makes ahead only the namespaces the bundle's
+    config creates: one joined by path and one left as the host's come out right."""
+    import sys
+
+    launcher = Path(sys.executable).parent / "hull-runtime"
+    if not launcher.exists():
+        pytest.skip(f"{launcher} is missing: run `python -m hull.runtime.launcher`")
+
+    def edit(config):
+        config["linux"]["namespaces"] = [
+            {"type": "network", "path": f"/proc/{os.getpid()}/ns/net"}
+            if ns["type"] == "network"
+            else ns
+            for ns in config["linux"]["namespaces"]
+            if ns["type"] != "ipc"
+        ]
+
+    script = "for n in net ipc uts; do readlink /proc/self/ns/$n; done"
+    bundle, _ = config_with(tmp_path, busybox_rootfs, script, edit)
+    out = subprocess.run(
+        [str(launcher), "--root", str(tmp_path / "state"), "run", "--bundle", str(bundle),
+         container_id()],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    net, ipc, uts = out.stdout.split()
+    assert net == os.readlink("/proc/self/ns/net")  # joined by path: ours
+    assert ipc == os.readlink("/proc/self/ns/ipc")
+    assert uts != os.readlink("/proc/self/ns/uts")  # its own, made ahead
+
+
 def test_time_namespace_offsets(rt, tmp_path, busybox_rootfs):
     def edit(config):
         config["linux"]["namespaces"].append({"type": "time"})

@@ -5,6 +5,7 @@ early/late split of mounts, state removal, syscalls without the ctypes package."
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -330,3 +331,39 @@ def test_prefork_clone_flags_match_the_syscall_module():
     assert prefork.CLONE_NEWUTS == syscalls.CLONE_NEWUTS
     assert prefork.CLONE_NEWIPC == syscalls.CLONE_NEWIPC
     assert prefork.CLONE_NEWNET == syscalls.CLONE_NEWNET
+
+
+@pytest.mark.parametrize(
+    ("argv", "bundle"),
+    [
+        (["run", "--bundle", "/b1", "c1"], "/b1"),
+        (["--root", "/r", "create", "-b", "/b2", "c1"], "/b2"),
+        (["run", "--bundle=/b3", "c1"], "/b3"),
+        (["run", "-d", "c1"], None),  # the working directory
+    ],
+)
+def test_the_worker_finds_the_bundle_config_in_argv(argv, bundle):
+    from hull.runtime.prefork import bundle_config
+
+    expected = os.path.join(bundle or os.getcwd(), "config.json")
+    assert bundle_config(argv) == expected
+
+
+def test_the_worker_makes_ahead_only_what_the_config_creates(tmp_path):
+    from hull.runtime.init import _new_in_config
+    from hull.runtime.linux import syscalls
+
+    def flags_for(namespaces):
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({"linux": {"namespaces": namespaces}}))
+        return _new_in_config(str(path))
+
+    default = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]
+    assert flags_for(default) == (
+        syscalls.CLONE_NEWNET | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS
+    )
+    joined = [{"type": "network", "path": "/run/netns/x"}, {"type": "uts"}]
+    assert flags_for(joined) == syscalls.CLONE_NEWUTS
+    assert flags_for([{"type": "user"}, {"type": "network"}]) == 0  # the user ns owns them
+    assert flags_for("not a list") == 0
+    assert _new_in_config(str(tmp_path / "missing.json")) == 0
