@@ -263,3 +263,19 @@ def test_default_seccomp_returns_fresh_copies() -> None:
     socket_rule["args"][0]["value"] = 0
     profile["syscalls"][0]["names"].append("kexec_load")
     assert default_seccomp(DOCKER_DEFAULT_CAPS) == before == DEFAULT_SECCOMP
+
+
+def test_the_cache_key_does_not_depend_on_how_the_profile_shares_objects():
+    """Equal profiles, one reusing a string object and one not, share a cache file:
+    marshal's newer formats mark shared objects, which would split the key."""
+    from hull.runtime.linux.seccomp_cache import _key
+
+    def action() -> str:
+        return "".join(["SCMP_ACT_", "ALLOW"])  # a fresh object each call
+
+    shared = action()
+    one = {"defaultAction": shared, "syscalls": [{"names": ["read"], "action": shared}]}
+    two = {"defaultAction": action(), "syscalls": [{"names": ["read"], "action": action()}]}
+    assert one == two
+    assert _key(one) == _key(two)
+    assert _key(one) != _key({**one, "defaultAction": "SCMP_ACT_ERRNO"})

@@ -95,7 +95,9 @@ def _key(spec: dict) -> str:
     interpreter), the format and the machine."""
     import _sha256
 
-    data = marshal.dumps((FORMAT, os.uname().machine, spec))
+    # Version 2: no back-references, whose use depends on reference counts, so
+    # equal profiles always give equal bytes (one file per profile, not several).
+    data = marshal.dumps((FORMAT, os.uname().machine, spec), 2)
     return _sha256.sha256(data).hexdigest()
 
 
