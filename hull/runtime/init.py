@@ -274,6 +274,7 @@ def stage1(
         _preload_late_modules()
         if (req.config.get("linux") or {}).get("seccomp"):
             import hull.runtime.linux.seccomp  # noqa: F401
+            import hull.runtime.linux.seccomp_cache  # noqa: F401
         # Join while our credentials are still the host's; the id-map
         # exchange below must not cross "go".
         cgroup = _join_cgroup(chan)

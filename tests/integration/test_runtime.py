@@ -333,6 +333,36 @@ def test_user_namespace_mappings(rt, tmp_path, busybox_rootfs):
     assert out.stdout.split() == ["0", "100000", "65536", "0"]
 
 
+def test_user_namespace_with_a_seccomp_profile(rt, tmp_path, busybox_rootfs):
+    """Stage 1 loads the seccomp modules before it becomes the mapped uid, which may
+    not read Hull's install dir (CI's clone is mode 0700); the mapped root cannot
+    read the root-only filter cache either, and compiles instead."""
+
+    def edit(config):
+        config["linux"]["namespaces"].append({"type": "user"})
+        config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        config["mounts"] = [m for m in config["mounts"] if m["type"] not in ("cgroup",)]
+        config["linux"]["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+            ],
+        }
+
+    for parent in [busybox_rootfs, *busybox_rootfs.parents]:
+        if parent == Path("/tmp"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o011)
+    os.chown(busybox_rootfs, 100000, 100000)
+    script = "id -u; mkdir /made 2>/dev/null || echo blocked; rmdir /made 2>/dev/null; true"
+    bundle, _ = config_with(tmp_path, busybox_rootfs, script, edit)
+    for _ in range(2):  # the second start finds the filter cache (or cannot read it)
+        out = rt.run("run", "--bundle", str(bundle), container_id())
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["0", "blocked"], out.stderr
+
+
 def test_pause_resume_update(rt, tmp_path, busybox_rootfs):
     bundle, config = make_bundle(tmp_path, busybox_rootfs, ["sleep", "60"])
     cid = container_id()
