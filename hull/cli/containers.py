@@ -94,15 +94,11 @@ def _early_stage1(args: argparse.Namespace):
     after them (hull.runtime.prefork). Every other run goes through a shim."""
     if not args.rm or args.detach or args.tty or args.isolation != "container":
         return None
-    if not args.interactive:
-        # What run_foreground does, done before the fork: the worker's fd 0 is the
-        # container's stdin, /dev/null without -i (as Docker's).
-        fd = os.open(os.devnull, os.O_RDONLY)
-        if fd != 0:
-            os.dup2(fd, 0)
-            os.close(fd)
     from hull.runtime.linux.seccomp_cache import CACHE_DIR_NAME
-    from hull.runtime.prefork import AHEAD_DEFAULT, CLONE_NEWNET, prefork
+    from hull.runtime.prefork import AHEAD_DEFAULT, CLONE_NEWNET, prefork, stdin_from_devnull
+
+    if not args.interactive:
+        stdin_from_devnull()  # what run_foreground does, done before the fork
 
     # The engine's default profile, most likely: the worker loads libseccomp
     # meanwhile, unless compiled filters are cached already (the usual case).

@@ -450,7 +450,9 @@ class ContainerService:
             plan = self._setup_network(record, layout, warnings)
             self._write_config(record, layout, plan, warnings)
             if not interactive:
-                _stdin_from_devnull()
+                from hull.runtime.prefork import stdin_from_devnull
+
+                stdin_from_devnull()
 
             def on_created(state: Any) -> None:
                 nonlocal locked
@@ -1336,14 +1338,6 @@ def _write_exit(layout: ContainerLayout, code: int) -> None:
         os.replace(tmp, layout.shim_dir / "exit")
     except OSError:
         pass  # the directory is gone: the container was removed meanwhile
-
-
-def _stdin_from_devnull() -> None:
-    """Without -i the container reads nothing: fd 0 becomes /dev/null, as Docker's."""
-    fd = os.open(os.devnull, os.O_RDONLY)
-    if fd != 0:
-        os.dup2(fd, 0)
-        os.close(fd)
 
 
 def _kill_old_shim(layout: ContainerLayout) -> None:

@@ -139,6 +139,16 @@ def _child(
     os._exit(0)
 
 
+def stdin_from_devnull() -> None:
+    """Without -i a container reads nothing: fd 0 becomes /dev/null, as Docker's.
+    A caller that runs the container in-process does it before prefork(), since
+    the worker's fd 0 is the container's stdin."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    if fd != 0:
+        os.dup2(fd, 0)
+        os.close(fd)
+
+
 def _other_cpus(cpus: "set[int]") -> "set[int] | None":
     """The CPUs we are not on, for the worker, so that it starts now, not when we yield.
 
