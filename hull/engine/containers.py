@@ -1188,19 +1188,13 @@ def port_bindings(ports: list[str]) -> dict[str, list[dict[str, str]]]:
 
 def _lock_is_free(layout: ContainerLayout) -> bool:
     """No `hull` process holds the container's lock (none is starting or cleaning it)."""
-    import fcntl
+    from hull.flocks import held_elsewhere
 
     try:
         fd = os.open(layout.lock, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return not held_elsewhere(fd)
 
 
 # struct flock for F_OFD_SETLK/GETLK: short l_type, short l_whence, (pad), off_t l_start,

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, NoReturn, TypeVar, cast
 
 from hull.errors import ConfigError, HullError, NotFoundError, StateError
+from hull.flocks import held_elsewhere
 from hull.image import layer_paths
 from hull.image.store import ContentError, ContentStore, fsync_dir
 from hull.image.whiteout import OPAQUE_WHITEOUT, OPAQUE_XATTR, WHITEOUT_PREFIX
@@ -1078,13 +1079,7 @@ def _dir_locked(path: Path) -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held_elsewhere(fd)
 
 
 __all__ = [

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hull.errors import HullError, NotFoundError, StateError
+from hull.flocks import held_elsewhere
 from hull.oci.digest import HEX_LENGTHS, DigestVerifier, parse_digest
 
 _CHUNK = 1 << 20
@@ -184,13 +185,7 @@ def _is_locked(path: Path) -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held_elsewhere(fd)
 
 
 def _remove_any(path: Path) -> None:

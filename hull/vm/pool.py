@@ -68,6 +68,7 @@ from hull.errors import (
     ConfigError,
     HullError,
 )
+from hull.flocks import held_elsewhere
 from hull.paths import HullPaths
 from hull.vm.microvm import (
     GuestAssets,
@@ -343,13 +344,7 @@ def refilling(paths: HullPaths) -> bool:
         fd = os.open(pool_root(paths) / ACTIVE_FILE, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held_elsewhere(fd)
 
 
 def refill_main(argv: list[str]) -> int:
