@@ -797,7 +797,7 @@ class ContainerService:
 
     def _wait_exit(self, record: ContainerRecord, timeout: float | None) -> int | None:
         """The exit code once the shim recorded it (None on timeout)."""
-        from hull.engine.shim import read_exit, shim_alive
+        from hull.engine.shim import read_exit
 
         layout = self.layout(record)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -806,11 +806,7 @@ class ContainerService:
             code = read_exit(str(layout.shim_dir))
             if code is not None:
                 return code
-            if (
-                not shim_alive(str(layout.shim_dir))
-                and not _pid_alive(record.pid)
-                and not _supervised(layout)
-            ):
+            if not _still_supervised(record, layout):
                 return read_exit(str(layout.shim_dir))
             if deadline is not None and time.monotonic() > deadline:
                 return None
@@ -839,7 +835,7 @@ class ContainerService:
         except NotFoundError:
             return None
         layout = self.layout(record)
-        from hull.engine.shim import exit_error, read_exit, shim_alive
+        from hull.engine.shim import exit_error, read_exit
 
         try:
             lock = ContainerLock(layout).__enter__()
@@ -854,11 +850,7 @@ class ContainerService:
                 return record
             code = read_exit(str(layout.shim_dir))
             if code is None:
-                if (
-                    shim_alive(str(layout.shim_dir))
-                    or _pid_alive(record.pid)
-                    or _supervised(layout)  # its `hull run` is finishing it
-                ):
+                if _still_supervised(record, layout):
                     return record  # still running: nothing to clean yet
                 code = 255
                 error = exit_error(str(layout.shim_dir)) or "the container's supervisor died"
@@ -1228,6 +1220,14 @@ def _claim_supervision(layout: ContainerLayout) -> int:
 def _release_supervision(fd: int) -> None:
     if fd >= 0:
         os.close(fd)
+
+
+def _still_supervised(record: ContainerRecord, layout: ContainerLayout) -> bool:
+    """The container runs, or something still looks after it: its shim, its process,
+    or the `hull` process that runs it in the foreground and will finish it."""
+    from hull.engine.shim import shim_alive
+
+    return shim_alive(str(layout.shim_dir)) or _pid_alive(record.pid) or _supervised(layout)
 
 
 def _supervised(layout: ContainerLayout) -> bool:
