@@ -20,6 +20,7 @@ import os
 from _collections_abc import Mapping  # what collections.abc re-exports; os already loaded it
 
 from hull.errors import ConfigError, KernelError
+from hull.runtime.linux.seccomp_cache import load_error
 from hull.runtime.warn import debug
 
 TYPE_CHECKING = False
@@ -171,10 +172,7 @@ class Filter:
         """Install the filter on the calling thread (seccomp_load)."""
         rc = _lib().seccomp_load(self.ctx)
         if rc < 0:
-            hint = ""
-            if -rc == errno.EACCES:
-                hint = " (needs CAP_SYS_ADMIN or no_new_privs set first)"
-            raise KernelError(f"cannot load seccomp filter: {os.strerror(-rc)}{hint}")
+            raise load_error(-rc)
 
     def export_bpf(self) -> bytes:
         """The BPF program the kernel would get, for inspection and tests."""

@@ -51,13 +51,18 @@ class CachedFilter:
         try:
             sc.seccomp_set_filter(self.program, self.flags)
         except OSError as err:
-            reason = os.strerror(err.errno or 0)
-            if err.errno == errno.EACCES:
-                reason += " (needs CAP_SYS_ADMIN or no_new_privs set first)"
-            raise KernelError(f"cannot load seccomp filter: {reason}") from None
+            raise load_error(err.errno or 0) from None
 
     def release(self) -> None:
         pass
+
+
+def load_error(errnum: int) -> KernelError:
+    """What a refused filter load says, from here or from libseccomp's seccomp_load."""
+    reason = os.strerror(errnum)
+    if errnum == errno.EACCES:
+        reason += " (needs CAP_SYS_ADMIN or no_new_privs set first)"
+    return KernelError(f"cannot load seccomp filter: {reason}")
 
 
 def cache_dir_for(state_dir: str) -> str:
@@ -110,17 +115,10 @@ def _load_flags(spec: dict) -> int:
 
 def _read(path: str) -> bytes | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with open(path, "rb") as f:
+            program = f.read()
     except OSError:
         return None
-    try:
-        program = b""
-        while chunk := os.read(fd, 1 << 16):
-            program += chunk
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     if not program or len(program) % _INSTRUCTION:
         return None
     return program
