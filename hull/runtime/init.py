@@ -112,24 +112,34 @@ def worker_main(
     child_main(stage1, chan, req, pid1, made)
 
 
+# What a worker may make before its request (prefork.AHEAD_DEFAULT): never the mount
+# namespace (its copy would miss the rootfs mounted later) nor pid, user, cgroup.
+_AHEAD_KINDS = ("uts", "ipc", "network")
+
+
 def _new_in_config(path: str) -> int:
-    """Clone flags of the uts, ipc and network namespaces a config.json creates
-    (none with a user namespace, which must own them; none if it cannot be read:
-    the request is what counts)."""
+    """Clone flags of the namespaces a config.json lets us make ahead (_made_anew);
+    none if it cannot be read: the request is what counts."""
     from hull.runtime import fastjson
-    from hull.runtime.linux import namespaces as ns
 
     try:
         with open(path, "rb") as f:
             config = fastjson.loads(f.read())
-        entries = config["linux"]["namespaces"]
-        types = {e["type"] for e in entries}
-        new = {e["type"] for e in entries if not e.get("path")}
+        namespaces = {e["type"]: e.get("path") or None for e in config["linux"]["namespaces"]}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0
-    if "user" in types:
+    return _made_anew(namespaces)
+
+
+def _made_anew(namespaces: dict[str, str | None]) -> int:
+    """Clone flags of the uts, ipc and network namespaces these create anew, i.e.
+    that may be made ahead of the request: none with a user namespace, which must
+    own them and so is made first."""
+    from hull.runtime.linux import namespaces as ns
+
+    if "user" in namespaces:
         return 0
-    return sum(ns.CLONE_FLAGS[kind] for kind in ("uts", "ipc", "network") if kind in new)
+    return sum(ns.CLONE_FLAGS[k] for k in _AHEAD_KINDS if k in namespaces and namespaces[k] is None)
 
 
 def _unshare_ahead(flags: int) -> list[tuple[str, int]]:
@@ -140,7 +150,7 @@ def _unshare_ahead(flags: int) -> list[tuple[str, int]]:
     from hull.runtime.linux import namespaces as ns
     from hull.runtime.linux import syscalls as sc
 
-    kinds = [kind for kind in ("uts", "ipc", "network") if flags & ns.CLONE_FLAGS[kind]]
+    kinds = [kind for kind in _AHEAD_KINDS if flags & ns.CLONE_FLAGS[kind]]
     if not kinds:
         return []
     saved: list[tuple[str, int]] = []
@@ -163,10 +173,11 @@ def _settle_ahead(made: list[tuple[str, int]], namespaces: dict[str, str | None]
     from hull.runtime.linux import namespaces as ns
     from hull.runtime.linux import syscalls as sc
 
+    wanted = _made_anew(namespaces)
     kept = 0
     try:
         for kind, fd in made:
-            if "user" not in namespaces and kind in namespaces and namespaces[kind] is None:
+            if wanted & ns.CLONE_FLAGS[kind]:
                 kept |= ns.CLONE_FLAGS[kind]
             else:
                 sc.setns(fd, ns.CLONE_FLAGS[kind])
