@@ -394,9 +394,9 @@ def ps(args: argparse.Namespace) -> int:
         return 0
     rows = [ps_row(r, args.no_trunc) for r in records]
     if args.format == "json":
-        for row in rows:
-            import json
+        import json
 
+        for row in rows:
             print(json.dumps(row))
         return 0
     if args.format and args.format != "table":
