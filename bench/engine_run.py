@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import own_cgroup_parent, private_dockerd  # noqa: E402
+from peers import have_tools, own_cgroup_parent, private_dockerd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HULL = REPO / ".venv" / "bin" / "hull"
@@ -42,10 +41,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     opts = parser.parse_args()
     own_cgroup_parent()
-    for tool in ("hyperfine", "podman"):
-        if not shutil.which(tool):
-            print(f"bench: {tool} is not installed (apt-get install {tool})", file=sys.stderr)
-            return 1
+    if not have_tools("hyperfine", "podman"):
+        return 1
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     with tempfile.TemporaryDirectory(prefix="hull-bench-run-") as tmp:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import own_cgroup_parent  # noqa: E402
+from peers import have_tools, own_cgroup_parent  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HULL = REPO / ".venv" / "bin" / "hull"
@@ -130,10 +130,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     opts = parser.parse_args()
     own_cgroup_parent()
-    for tool in ("podman", "iperf3"):
-        if not shutil.which(tool):
-            print(f"bench: {tool} is not installed (apt-get install {tool})", file=sys.stderr)
-            return 1
+    if not have_tools("podman", "iperf3"):
+        return 1
     env = dict(os.environ, HULL_BRIDGE=BRIDGE, HULL_NFT_TABLE=TABLE)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     host_ip = host_address()

@@ -14,12 +14,22 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 
 @contextlib.contextmanager
+def have_tools(*tools: str) -> bool:
+    """Whether every tool is on PATH; names the first one missing on stderr."""
+    for tool in tools:
+        if not shutil.which(tool):
+            print(f"bench: {tool} is not installed (apt-get install {tool})", file=sys.stderr)
+            return False
+    return True
+
+
 def private_dockerd(base: Path, bridge: bool = False) -> Iterator[dict[str, str] | None]:
     """Yield the environment that points `docker` at a fresh dockerd, or None when
     docker.io is not installed or the daemon does not come up (with a note why).

@@ -43,6 +43,7 @@ from types import FrameType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.peers import have_tools  # noqa: E402
 from tests.integration.registry_server import RegistryServer, registry_available  # noqa: E402
 
 HULL = REPO / ".venv" / "bin" / "hull"
@@ -224,10 +225,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench: run as root (sudo)", file=sys.stderr)
         return 1
-    for tool in ("skopeo", "umoci", "mmdebstrap"):
-        if not shutil.which(tool):
-            print(f"bench: {tool} is not installed (apt-get install {tool})", file=sys.stderr)
-            return 1
+    if not have_tools("skopeo", "umoci", "mmdebstrap"):
+        return 1
     if not registry_available():
         print("bench: docker-registry is not installed", file=sys.stderr)
         return 1

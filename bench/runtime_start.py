@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.peers import have_tools  # noqa: E402
 from hull.oci.runtime_spec import default_spec  # noqa: E402
 from tests.fixtures.busybox import build_busybox_rootfs  # noqa: E402
 
@@ -52,10 +52,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=60, help="runs per runtime, in all")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of crun and the others")
     opts = parser.parse_args()
-    for tool in ("hyperfine", "crun", "runc"):
-        if not shutil.which(tool):
-            print(f"bench: {tool} is not installed (apt-get install {tool})", file=sys.stderr)
-            return 1
+    if not have_tools("hyperfine", "crun", "runc"):
+        return 1
     hull_runtime = REPO / ".venv" / "bin" / "hull-runtime"
     per_round = max(1, opts.runs // opts.rounds)
     times: dict[str, list[float]] = {"hull-runtime": [], "crun": [], "runc": []}
