@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-@contextlib.contextmanager
 def have_tools(*tools: str) -> bool:
     """Whether every tool is on PATH; names the first one missing on stderr."""
     for tool in tools:
@@ -30,6 +29,7 @@ def have_tools(*tools: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
 def private_dockerd(base: Path, bridge: bool = False) -> Iterator[dict[str, str] | None]:
     """Yield the environment that points `docker` at a fresh dockerd, or None when
     docker.io is not installed or the daemon does not come up (with a note why).
