@@ -13,7 +13,7 @@ from hull.errors import ConfigError, NotFoundError, StateError
 from hull.oci import runtime_spec
 from hull.runtime import fastjson
 from hull.runtime.channel import Channel, ChannelClosed, ChildError
-from hull.runtime.init import InitRequest, child_main, flush_stdio, stage1
+from hull.runtime.init import InitRequest, flush_stdio, fork_child, stage1
 from hull.runtime.prefork import Stage1Worker
 from hull.runtime.state import (
     CREATED,
@@ -183,15 +183,7 @@ def create(
         else:
             if stage1_worker is not None:
                 stage1_worker.discard()  # no console fd for it, or the wrong pid ns
-            chan, child_chan = Channel.pair()
-            flush_stdio()
-            stage1_pid = os.fork()
-            if stage1_pid == 0:
-                chan.close()
-                if console_fd is not None:
-                    os.set_inheritable(console_fd, True)
-                child_main(stage1, child_chan, req)
-            child_chan.close()
+            stage1_pid, chan = fork_child(stage1, req, inherit_fd=console_fd)
         # No ctypes here: stage 1 forks PID 1 as our child (CLONE_PARENT).
         if console_fd is not None:
             os.close(console_fd)

@@ -211,6 +211,28 @@ def _preload_late_modules() -> None:
     import hull.runtime.linux.sibling  # noqa: F401
 
 
+def fork_child(
+    fn: Callable[..., None], *args: object, inherit_fd: int | None = None
+) -> tuple[int, Channel]:
+    """Fork a child that runs fn(its channel end, *args) under child_main; returns
+    (its pid, our channel end). inherit_fd (a console) stays open across its exec."""
+    chan, child_chan = Channel.pair()
+    flush_stdio()
+    try:
+        pid = os.fork()
+    except OSError:
+        chan.close()
+        child_chan.close()
+        raise
+    if pid == 0:
+        chan.close()
+        if inherit_fd is not None:
+            os.set_inheritable(inherit_fd, True)
+        child_main(fn, child_chan, *args)
+    child_chan.close()
+    return pid, chan
+
+
 def child_main(fn: Callable[..., None], chan: Channel, *args: object) -> None:
     """Run fn in a forked child; report failures on the channel; never return."""
     code = 1

@@ -13,7 +13,7 @@ from hull.errors import StateError
 from hull.oci.runtime_spec import NS_PROC_NAMES, namespaces_of
 from hull.runtime.channel import Channel, ChannelClosed, ChildError
 from hull.runtime.container import FORWARDED_SIGNALS, _forward, load_config, wait_exit
-from hull.runtime.init import child_main, flush_stdio
+from hull.runtime.init import child_main, fork_child
 from hull.runtime.linux import namespaces as ns
 from hull.runtime.linux import syscalls as sc
 from hull.runtime.state import RUNNING, StateStore
@@ -96,26 +96,18 @@ def exec_process(
         if not console_socket:
             raise StateError("exec --tty needs --console-socket")
         console_fd = _connect_console(console_socket)
-    chan, child_chan = Channel.pair()
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-    flush_stdio()
-    stage1_pid = os.fork()
-    if stage1_pid == 0:
-        chan.close()
-        if console_fd is not None:
-            os.set_inheritable(console_fd, True)
-        child_main(
-            _tenant_stage1,
-            child_chan,
-            opened,
-            root_fd,
-            process,
-            linux,
-            console_fd,
-            preserve_fds,
-            state.dir,
-        )
-    child_chan.close()
+    stage1_pid, chan = fork_child(
+        _tenant_stage1,
+        opened,
+        root_fd,
+        process,
+        linux,
+        console_fd,
+        preserve_fds,
+        state.dir,
+        inherit_fd=console_fd,
+    )
     for _, fd in opened:
         os.close(fd)
     os.close(root_fd)
