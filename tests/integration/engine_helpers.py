@@ -129,3 +129,18 @@ def wait_for(predicate, timeout: float = 20.0, step: float = 0.05):  # type: ign
             return value
         time.sleep(step)
     raise AssertionError("condition not met in time")
+
+
+VM_TOOLS = ("qemu-system-x86_64", "mkfs.erofs", "gcc")
+
+
+def require_vm_tools() -> None:
+    """Skip, naming it, when a tool a microVM needs (QEMU, the root disk's mkfs, the
+    guest agent's compiler) is missing."""
+    import shutil
+
+    import pytest
+
+    for tool in VM_TOOLS:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed: QEMU microVMs cannot boot here")

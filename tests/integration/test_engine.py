@@ -13,6 +13,7 @@ from tests.integration.engine_helpers import (
     cgroup_dirs_for,
     isolated_engine_session,
     overlay_mounts_under,
+    require_vm_tools,
     wait_for,
 )
 
@@ -279,11 +280,8 @@ def test_crash_between_shim_and_start_is_recovered(hull):
 
 def test_run_isolation_vm_has_its_own_kernel(hull):
     """The same image and flags, but a microVM: the guest's kernel, exit code, streams."""
-    import shutil
 
-    for tool in ("qemu-system-x86_64", "mkfs.erofs", "gcc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed: QEMU microVMs cannot boot here")
+    require_vm_tools()
     result = hull(
         "run", "--rm", "--isolation=vm", "-e", "WHO=vm", "busybox", "sh", "-c",
         "uname -r; echo $WHO; echo oops >&2; exit 3", timeout=300,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -22,16 +21,20 @@ from pathlib import Path
 import pytest
 
 from hull.paths import HullPaths
-from tests.integration.engine_helpers import Hull, overlay_mounts_under, shim_pids, wait_for
+from tests.integration.engine_helpers import (
+    Hull,
+    overlay_mounts_under,
+    require_vm_tools,
+    shim_pids,
+    wait_for,
+)
 
 VM = "--isolation=vm"
 
 
 @pytest.fixture(scope="module")
 def hull(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hull]:
-    for tool in ("qemu-system-x86_64", "mkfs.erofs", "gcc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed: QEMU microVMs cannot boot here")
+    require_vm_tools()
     base = tmp_path_factory.mktemp("hull-vm-engine")
     paths = HullPaths(base / "lib", base / "run")
     paths.root.mkdir()

@@ -20,6 +20,7 @@ import pytest
 
 from hull.errors import CommandNotFoundError, HullError
 from hull.paths import HullPaths
+from tests.integration.engine_helpers import require_vm_tools
 
 MEMORY_MIB = 160
 
@@ -28,9 +29,7 @@ MEMORY_MIB = 160
 def vm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One guest-asset cache (kernel, agent, initramfs) for the session, or a skip."""
     root = tmp_path_factory.mktemp("hull-vm")
-    for tool in ("qemu-system-x86_64", "mkfs.erofs", "gcc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed: QEMU microVMs cannot boot here")
+    require_vm_tools()
     from hull.vm.sandbox import guest_assets
 
     try:

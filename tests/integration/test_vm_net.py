@@ -16,7 +16,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import signal
 import socket
 from collections.abc import Iterator
@@ -27,7 +26,13 @@ import pytest
 
 from hull.net import links, nft
 from hull.paths import HullPaths
-from tests.integration.engine_helpers import Hull, overlay_mounts_under, shim_pids, wait_for
+from tests.integration.engine_helpers import (
+    Hull,
+    overlay_mounts_under,
+    require_vm_tools,
+    shim_pids,
+    wait_for,
+)
 from tests.integration.test_engine_net import HTTPD, http_get, net_rows, port_elements, retry_client
 from tests.integration.test_engine_vm import qemu_of, shim_dir, vm_processes
 
@@ -89,9 +94,7 @@ def assert_no_network_state(env: VmNet, taps: list[str] = ()) -> None:  # type: 
 
 @pytest.fixture(scope="module")
 def vmnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmNet]:
-    for tool in ("qemu-system-x86_64", "mkfs.erofs", "gcc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed: QEMU microVMs cannot boot here")
+    require_vm_tools()
     if not os.path.exists(links.TUN_DEVICE):
         pytest.skip(f"{links.TUN_DEVICE} is missing: no taps for microVMs")
     tag = secrets.token_hex(3)

@@ -21,6 +21,7 @@ import pytest
 from hull.errors import HullError
 from hull.paths import HullPaths
 from hull.vm import pool
+from tests.integration.engine_helpers import require_vm_tools
 
 MEMORY_MIB = 128
 
@@ -29,9 +30,7 @@ MEMORY_MIB = 128
 def pool_root_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One Hull root for the session: guest assets and one template, or a skip."""
     root = tmp_path_factory.mktemp("hull-vm-pool")
-    for tool in ("qemu-system-x86_64", "mkfs.erofs", "gcc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed: QEMU microVMs cannot boot here")
+    require_vm_tools()
     from hull.vm.microvm import VmShape, guest_assets, pick_accel
     from hull.vm.template import ensure_template
 
