@@ -184,7 +184,7 @@ def forward_signals(service: ContainerService, cid: str, tty: bool) -> None:
 
 def pump(client, interactive: bool, tty: bool) -> None:
     """Copy the shim's frames to our stdout/stderr and our stdin to it, until EOF."""
-    import select
+    from hull.engine.relay import relay
 
     stdin_fd = sys.stdin.fileno() if interactive else -1
     saved = None
@@ -197,29 +197,16 @@ def pump(client, interactive: bool, tty: bool) -> None:
         tty_mod.setraw(stdin_fd)
         _send_size(client, stdin_fd)
         signal.signal(signal.SIGWINCH, lambda *_: _send_size(client, stdin_fd))
-    watch = [client.fileno()] + ([stdin_fd] if stdin_fd >= 0 else [])
     out = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+
+    def write(frame: tuple[int, bytes]) -> None:
+        stream, payload = frame
+        target = out.get(stream, out[1])
+        target.write(payload)
+        target.flush()
+
     try:
-        while True:
-            try:
-                readable, _, _ = select.select(watch, [], [])
-            except InterruptedError:
-                continue
-            if stdin_fd in readable:
-                data = os.read(stdin_fd, 65536)
-                if data:
-                    client.send_stdin(data)
-                else:
-                    client.close_stdin()
-                    watch.remove(stdin_fd)
-            if client.fileno() in readable:
-                frame = client.read_frame()
-                if frame is None:
-                    break
-                stream, payload = frame
-                target = out.get(stream, out[1])
-                target.write(payload)
-                target.flush()
+        relay(client, stdin_fd, write)
     finally:
         if saved is not None:
             import termios

@@ -467,47 +467,41 @@ def merge_env(base: list[str], extra: list[str]) -> list[str]:
 
 
 def _pump_exec(client: Any, interactive: bool, detach: bool) -> int:
-    import select
-
+    from hull.engine.relay import relay
     from hull.vm.protocol import CONTROL, STDERR, parse_control
 
-    stdin_fd = sys.stdin.fileno() if interactive else -1
-    watch = [client.fileno()] + ([stdin_fd] if stdin_fd >= 0 else [])
     out = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
-    while True:
-        try:
-            readable, _, _ = select.select(watch, [], [])
-        except InterruptedError:
-            continue
-        if stdin_fd in readable:
-            data = os.read(stdin_fd, 65536)
-            client.send_stdin(data)
-            if not data:
-                watch.remove(stdin_fd)
-        if client.fileno() not in readable:
-            continue
-        frame = client.read_frame()
-        if frame is None:
-            raise HullError("the microVM's supervisor went away during exec")
+
+    def on_frame(frame: Any) -> int | None:
         if frame.stream != CONTROL:
             target = out[STDERR if frame.stream == STDERR else 1]
             target.write(frame.payload)
             target.flush()
-            continue
-        message = parse_control(frame.payload)
-        kind = message.get("type")
-        if kind == "started" and detach:
-            return 0
-        if kind == "exit":
-            return int(message.get("code", 255))
-        if kind == "error":
-            code = int(message.get("code", 125))
-            text = str(message.get("message") or "cannot start the process")
-            if code == 127:
-                raise CommandNotFoundError(text)
-            if code == 126:
-                raise CommandNotInvokableError(text)
-            raise HullError(text)
+            return None
+        return _exec_outcome(parse_control(frame.payload), detach)
+
+    code = relay(client, sys.stdin.fileno() if interactive else -1, on_frame)
+    if code is None:
+        raise HullError("the microVM's supervisor went away during exec")
+    return code
+
+
+def _exec_outcome(message: dict[str, Any], detach: bool) -> int | None:
+    """The exit code a control message from the exec ends with, None to go on."""
+    kind = message.get("type")
+    if kind == "started" and detach:
+        return 0
+    if kind == "exit":
+        return int(message.get("code", 255))
+    if kind == "error":
+        code = int(message.get("code", 125))
+        text = str(message.get("message") or "cannot start the process")
+        if code == 127:
+            raise CommandNotFoundError(text)
+        if code == 126:
+            raise CommandNotInvokableError(text)
+        raise HullError(text)
+    return None
 
 
 def _kill_supervisor(shim_pid: int, supervisor_pid: int) -> None:

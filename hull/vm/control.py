@@ -91,6 +91,10 @@ class ExecClient:
         for frame in stdin_frames(0, data):
             self._sock.sendall(frame)
 
+    def close_stdin(self) -> None:
+        """End of input: an empty stdin frame (stdin_frames)."""
+        self.send_stdin(b"")
+
     def resize(self, rows: int, cols: int) -> None:
         self._sock.sendall(resize_request(0, rows, cols))
 
