@@ -144,3 +144,18 @@ def require_vm_tools() -> None:
     for tool in VM_TOOLS:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed: QEMU microVMs cannot boot here")
+
+
+def pids_with(needle: bytes, path: str) -> list[int]:
+    """Processes whose command line holds both needle and path."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and path.encode() in cmdline:
+            pids.append(int(entry))
+    return pids

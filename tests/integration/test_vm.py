@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import platform
 import shutil
 import time
@@ -20,7 +19,7 @@ import pytest
 
 from hull.errors import CommandNotFoundError, HullError
 from hull.paths import HullPaths
-from tests.integration.engine_helpers import require_vm_tools
+from tests.integration.engine_helpers import pids_with, require_vm_tools
 
 MEMORY_MIB = 160
 
@@ -47,17 +46,7 @@ def vm_paths(vm_root: Path, tmp_path: Path) -> HullPaths:
 
 
 def qemu_pids_under(directory: Path) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and str(directory).encode() in cmdline:
-            pids.append(int(entry))
-    return pids
+    return pids_with(b"qemu-system", str(directory))
 
 
 def assert_nothing_left(paths: HullPaths) -> None:

@@ -21,7 +21,7 @@ import pytest
 from hull.errors import HullError
 from hull.paths import HullPaths
 from hull.vm import pool
-from tests.integration.engine_helpers import require_vm_tools
+from tests.integration.engine_helpers import pids_with, require_vm_tools
 
 MEMORY_MIB = 128
 
@@ -81,7 +81,7 @@ def vm_pool(
 
 def qemu_pids_under(directory: Path) -> list[int]:
     """Live (not zombie) QEMUs whose command line names a path under directory."""
-    return [pid for pid in _pids_with(b"qemu-system", str(directory)) if pool._start_time(pid) >= 0]
+    return [pid for pid in pids_with(b"qemu-system", str(directory)) if pool._start_time(pid) >= 0]
 
 
 def wait_no_qemu(directory: Path, timeout: float = 5.0) -> None:
@@ -90,20 +90,6 @@ def wait_no_qemu(directory: Path, timeout: float = 5.0) -> None:
     while qemu_pids_under(directory) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert qemu_pids_under(directory) == []
-
-
-def _pids_with(needle: bytes, path: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline and path.encode() in cmdline:
-            pids.append(int(entry))
-    return pids
 
 
 def wait_refills(paths: HullPaths, timeout: float = 60.0) -> None:
