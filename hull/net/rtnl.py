@@ -331,31 +331,27 @@ class Rtnl:
 
     def link_index(self, name: str) -> int | None:
         """The index of a link by name, or None when there is none."""
-        payload = ifinfomsg() + ifname_attr(name) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
-        try:
-            replies = self.request(f"cannot look up {name}", RTM_GETLINK, 0, payload)
-        except NetlinkError as e:
-            if e.errno in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise
-        for reply in replies:
+        for reply in self._get_link(f"cannot look up {name}", ifinfomsg() + ifname_attr(name)):
             if reply.type == RTM_NEWLINK:
                 return int(IFINFOMSG.unpack_from(reply.payload)[2])
         return None
 
     def link_mtu(self, index: int) -> int | None:
-        payload = ifinfomsg(index) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
-        try:
-            replies = self.request(f"cannot look up link {index}", RTM_GETLINK, 0, payload)
-        except NetlinkError as e:
-            if e.errno in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise
-        for reply in replies:
+        for reply in self._get_link(f"cannot look up link {index}", ifinfomsg(index)):
             mtu = parse_attrs(reply.payload, IFINFOMSG.size).get(IFLA_MTU)
             if mtu:
                 return u32(mtu)
         return None
+
+    def _get_link(self, what: str, selector: bytes) -> list[Message]:
+        """RTM_GETLINK's replies for one link (no statistics), [] when it is gone."""
+        payload = selector + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+        try:
+            return self.request(what, RTM_GETLINK, 0, payload)
+        except NetlinkError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                return []
+            raise
 
     def add_veth(self, veth: VethRequest) -> None:
         self.request(
