@@ -184,19 +184,12 @@ def forward_signals(service: ContainerService, cid: str, tty: bool) -> None:
 
 def pump(client, interactive: bool, tty: bool) -> None:
     """Copy the shim's frames to our stdout/stderr and our stdin to it, until EOF."""
-    from hull.engine.relay import relay
+    from contextlib import nullcontext
+
+    from hull.engine.relay import raw_terminal, relay
 
     stdin_fd = sys.stdin.fileno() if interactive else -1
-    saved = None
-    if tty and stdin_fd >= 0 and os.isatty(stdin_fd):
-        import signal
-        import termios
-        import tty as tty_mod
-
-        saved = termios.tcgetattr(stdin_fd)
-        tty_mod.setraw(stdin_fd)
-        _send_size(client, stdin_fd)
-        signal.signal(signal.SIGWINCH, lambda *_: _send_size(client, stdin_fd))
+    terminal = tty and stdin_fd >= 0 and os.isatty(stdin_fd)
     out = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
 
     def write(frame: tuple[int, bytes]) -> None:
@@ -205,23 +198,11 @@ def pump(client, interactive: bool, tty: bool) -> None:
         target.write(payload)
         target.flush()
 
-    try:
-        relay(client, stdin_fd, write)
-    finally:
-        if saved is not None:
-            import termios
-
-            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
-        client.close()
-
-
-def _send_size(client, fd: int) -> None:
-    """The real window size of fd (not $LINES/$COLUMNS, which shutil prefers)."""
-    try:
-        size = os.get_terminal_size(fd)
-        client.resize(size.lines, size.columns)
-    except OSError:
-        pass
+    with raw_terminal(client, stdin_fd, send_size_now=True) if terminal else nullcontext():
+        try:
+            relay(client, stdin_fd, write)
+        finally:
+            client.close()
 
 
 # ------------------------------------------------------------------ lifecycle

@@ -9,10 +9,11 @@ other side hung up), send_stdin and close_stdin.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any, TypeVar
 
     T = TypeVar("T")
@@ -44,3 +45,33 @@ def relay(client: Any, stdin_fd: int, on_frame: Callable[[Any], T | None]) -> T 
             result = on_frame(frame)
             if result is not None:
                 return result
+
+
+@contextmanager
+def raw_terminal(client: Any, fd: int, send_size_now: bool) -> Iterator[None]:
+    """fd, a terminal, raw while inside (the other side's pty does the line
+    discipline); window size changes go to client.resize, the current size first
+    when send_size_now. The terminal and the SIGWINCH handler are restored after."""
+    import signal
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    previous = signal.signal(signal.SIGWINCH, lambda *_: send_size(client, fd))
+    tty.setraw(fd)
+    if send_size_now:
+        send_size(client, fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, previous)
+
+
+def send_size(client: Any, fd: int) -> None:
+    """The real window size of fd (not $LINES/$COLUMNS, which shutil prefers)."""
+    try:
+        size = os.get_terminal_size(fd)
+        client.resize(size.lines, size.columns)
+    except OSError:
+        pass

@@ -421,32 +421,10 @@ def exec_in_vm(
     with ExecClient(layout.shim_dir, body) as client:
         if not terminal:
             return _pump_exec(client, interactive and not detach, detach)
-        return _with_raw_terminal(client, lambda: _pump_exec(client, True, False))
+        from hull.engine.relay import raw_terminal
 
-
-def _with_raw_terminal(client: Any, pump: Callable[[], int]) -> int:
-    """Our terminal raw while pump runs (the guest's pty does the line discipline);
-    window size changes follow to the guest."""
-    import termios
-    import tty as tty_mode
-
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-
-    def resize(*_: object) -> None:
-        size = os.get_terminal_size(fd)
-        try:
-            client.resize(size.lines, size.columns)
-        except OSError:
-            pass
-
-    previous = signals.signal(signals.SIGWINCH, resize)
-    tty_mode.setraw(fd)
-    try:
-        return pump()
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        signals.signal(signals.SIGWINCH, previous)
+        with raw_terminal(client, sys.stdin.fileno(), send_size_now=False):
+            return _pump_exec(client, True, False)  # the size went with the request
 
 
 def env_flags(flags: list[str]) -> list[str]:
