@@ -86,7 +86,7 @@ def main() -> int:
     from hull.oci.runtime_spec import default_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="hull-demo-"))
-    paths = HullPaths(tmp / "lib", tmp / "run")
+    paths = HullPaths(str(tmp / "lib"), str(tmp / "run"))
     rootfs = tmp / "bundle" / "rootfs"
     mounted = False
     try:

@@ -2,12 +2,15 @@
 
 Roots are configurable so tests (and several Hull instances) never touch a
 user's real state: HULL_ROOT and HULL_RUNROOT override the defaults.
+
+Paths are plain strings: `hull run` imports this, and pathlib (with the re,
+enum and urllib.parse it imports) would cost it ~6 ms. Code off that path wraps
+them in pathlib.Path where that reads better.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from hull.records import dataclass
 
@@ -17,43 +20,49 @@ DEFAULT_RUNROOT = "/run/hull"
 
 @dataclass(frozen=True)
 class HullPaths:
-    """The persistent root (/var/lib/hull) and the volatile one (/run/hull)."""
+    """The persistent root (/var/lib/hull) and the volatile one (/run/hull).
 
-    root: Path
-    runroot: Path
+    Either may be given as any path-like; both are kept as str."""
+
+    root: str
+    runroot: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", os.fspath(self.root))
+        object.__setattr__(self, "runroot", os.fspath(self.runroot))
 
     @classmethod
     def from_env(cls, root: str | None = None, runroot: str | None = None) -> HullPaths:
         return cls(
-            Path(root or os.environ.get("HULL_ROOT") or DEFAULT_ROOT),
-            Path(runroot or os.environ.get("HULL_RUNROOT") or DEFAULT_RUNROOT),
+            root or os.environ.get("HULL_ROOT") or DEFAULT_ROOT,
+            runroot or os.environ.get("HULL_RUNROOT") or DEFAULT_RUNROOT,
         )
 
     @property
-    def db(self) -> Path:
-        return self.root / "hull.db"
+    def db(self) -> str:
+        return os.path.join(self.root, "hull.db")
 
     @property
-    def blobs(self) -> Path:
-        return self.root / "blobs"
+    def blobs(self) -> str:
+        return os.path.join(self.root, "blobs")
 
     @property
-    def ingest(self) -> Path:
-        return self.root / "ingest"
+    def ingest(self) -> str:
+        return os.path.join(self.root, "ingest")
 
     @property
-    def layers(self) -> Path:
-        return self.root / "layers"
+    def layers(self) -> str:
+        return os.path.join(self.root, "layers")
 
     @property
-    def containers(self) -> Path:
-        return self.root / "containers"
+    def containers(self) -> str:
+        return os.path.join(self.root, "containers")
 
     @property
-    def vm(self) -> Path:
-        return self.root / "vm"
+    def vm(self) -> str:
+        return os.path.join(self.root, "vm")
 
     @property
-    def runtime_state(self) -> Path:
+    def runtime_state(self) -> str:
         """--root handed to hull-runtime by the engine."""
-        return self.runroot / "runtime"
+        return os.path.join(self.runroot, "runtime")

@@ -304,7 +304,7 @@ def load(args: argparse.Namespace) -> int:
     from hull.oci.image import parse_platform
 
     platform = parse_platform(args.platform) if args.platform else None
-    with _service(args) as service, _input_path(args.input, service.paths.root) as path:
+    with _service(args) as service, _input_path(args.input, Path(service.paths.root)) as path:
         loaded = service.load(path, platform=platform)
     if not args.quiet:
         for image, tags in loaded:

@@ -42,11 +42,13 @@ def kernel(args: argparse.Namespace) -> int:
     if args.action == "build":
         if args.jobs is not None and args.jobs < 1:
             raise HullError("--jobs must be at least 1")
-        built = kernel_build.build_kernel(paths.vm, jobs=args.jobs, progress=_say, force=args.force)
+        built = kernel_build.build_kernel(
+            Path(Path(paths.vm)), jobs=args.jobs, progress=_say, force=args.force
+        )
         print(built.version)
         return 0
     if args.action == "rm":
-        kernel_build.remove_built(paths.vm, args.name)
+        kernel_build.remove_built(Path(Path(paths.vm)), args.name)
         return 0
     _kernel_ls(paths)
     return 0
@@ -57,14 +59,14 @@ def _kernel_ls(paths: HullPaths) -> None:
     from hull.vm.kernel_build import built_kernels, selected_built_kernel
 
     try:
-        selected = selected_built_kernel(paths.vm)
+        selected = selected_built_kernel(Path(paths.vm))
     except HullError:
         selected = None
     rows = []
-    for built in built_kernels(paths.vm):
+    for built in built_kernels(Path(paths.vm)):
         in_use = selected is not None and selected.directory == built.directory
         rows.append(["built", built.version, built.release, _size(built.vmlinux), _mark(in_use)])
-    debian = cached_kernel(paths.vm)
+    debian = cached_kernel(Path(paths.vm))
     if debian is not None:
         rows.append(
             ["debian", debian.version, debian.release, _size(debian.vmlinux), _mark(not selected)]
@@ -163,7 +165,7 @@ def _make_disk(paths: HullPaths, lowers: list[Path], chain: str) -> None:
     try:
         mount_overlay(lowers, None, None, target, readonly=True)
         try:
-            pad_disk(cached_root_disk(paths.vm, target, chain), ROOT_DISK_SIZE)
+            pad_disk(cached_root_disk(Path(Path(paths.vm)), target, chain), ROOT_DISK_SIZE)
         finally:
             unmount(target)
     finally:

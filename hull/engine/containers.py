@@ -14,18 +14,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
+from os.path import join
 
 from hull.engine.db import Database
 from hull.engine.runconfig import RunConfig
 from hull.errors import ConfigError, HullError, NotFoundError, StateError
+from hull.files import read_text, replace_text, write_text
 from hull.paths import HullPaths
 from hull.records import dataclass
 from hull.runtime import fastjson  # not `json`: ~1 ms of `hull run`
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from hull.engine.images import ImageRecord, ImageService
@@ -137,17 +138,18 @@ class ContainerRecord:
 
 
 class ContainerLayout:
-    """Where one container's files live (see /var/lib/hull/containers/<id>)."""
+    """Where one container's files live (see /var/lib/hull/containers/<id>); str
+    paths, as hull.paths keeps them."""
 
     def __init__(self, paths: HullPaths, container_id: str) -> None:
-        self.dir = paths.containers / container_id
-        self.bundle = self.dir / "bundle"
-        self.rootfs = self.bundle / "rootfs"
-        self.upper = self.dir / "upper"
-        self.work = self.dir / "work"
-        self.log = self.dir / f"{container_id}-json.log"
-        self.lock = self.dir / "lock"
-        self.shim_dir = paths.runroot / "shims" / container_id[:12]
+        self.dir = join(paths.containers, container_id)
+        self.bundle = join(self.dir, "bundle")
+        self.rootfs = join(self.bundle, "rootfs")
+        self.upper = join(self.dir, "upper")
+        self.work = join(self.dir, "work")
+        self.log = join(self.dir, f"{container_id}-json.log")
+        self.lock = join(self.dir, "lock")
+        self.shim_dir = join(paths.runroot, "shims", container_id[:12])
         self.runtime_root = paths.runtime_state
 
 
@@ -232,13 +234,13 @@ class ContainerService:
         if run.name:
             check_name(run.name)
         layout = self.layout(cid)
-        layout.dir.mkdir(parents=True)
+        os.makedirs(layout.dir)
         try:
             for d in (layout.upper, layout.work, layout.rootfs):
-                d.mkdir(parents=True)
+                os.makedirs(d)
             # The lock file exists for the container's whole life; ContainerLock
             # never creates it, so a racing sweep cannot repopulate a removed dir.
-            layout.lock.touch(0o600)
+            os.close(os.open(layout.lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             self._write_etc_files(layout, run, cid)
             for mount in run.mounts:
                 if mount.type == "volume":
@@ -340,12 +342,14 @@ class ContainerService:
         hostname = run.hostname or cid[:12]
         if run.network == "host" and not run.hostname:
             hostname = os.uname().nodename
-        (layout.dir / "hostname").write_text(hostname + "\n")
-        (layout.dir / "hosts").write_text(
-            hosts_text(hostname, run.add_hosts, [], [], host_network=run.network == "host")
+        write_text(join(layout.dir, "hostname"), hostname + "\n")
+        write_text(
+            join(layout.dir, "hosts"),
+            hosts_text(hostname, run.add_hosts, [], [], host_network=run.network == "host"),
         )
-        (layout.dir / "resolv.conf").write_text(
-            resolv_conf(read_host_resolv_conf(), run.dns, own_namespace=False)
+        write_text(
+            join(layout.dir, "resolv.conf"),
+            resolv_conf(read_host_resolv_conf(), run.dns, own_namespace=False),
         )
 
     def volume_path(self, mount: MountSpec) -> str:
@@ -359,7 +363,7 @@ class ContainerService:
     def start(
         self,
         ref: str,
-        before_start: Callable[[ContainerRecord, Path], None] | None = None,
+        before_start: Callable[[ContainerRecord, str], None] | None = None,
         restart: bool = False,
     ) -> ContainerRecord:
         """Mount the rootfs, write config.json, hand the container to a new shim, start it.
@@ -520,10 +524,13 @@ class ContainerService:
             raise NotFoundError(f"the image of container {record.name} is gone ({record.image_id})")
         lowers = _unpacked_layers(self.paths, image.diff_ids)
         if lowers is None:  # some layer still to unpack: the layer store's full path
-            lowers = self.images.layer_store.ensure(
-                [layer.descriptor() for layer in image.layers], image.diff_ids
-            )
-        layout.rootfs.mkdir(parents=True, exist_ok=True)
+            lowers = [
+                str(d)
+                for d in self.images.layer_store.ensure(
+                    [layer.descriptor() for layer in image.layers], image.diff_ids
+                )
+            ]
+        os.makedirs(layout.rootfs, exist_ok=True)
         mount_overlay(lowers, layout.upper, layout.work, layout.rootfs)
         return True
 
@@ -547,10 +554,10 @@ class ContainerService:
                 )
             target_dir = self.layout(target).dir
             for name in ("hostname", "hosts", "resolv.conf"):
-                _copyfile(target_dir / name, layout.dir / name)
+                _copyfile(join(target_dir, name), join(layout.dir, name))
             return netsetup.NetworkPlan(
                 netns=netsetup.joined_netns(self.paths, target.id, target.pid),
-                hostname=(target_dir / "hostname").read_text().strip() or None,
+                hostname=read_text(join(target_dir, "hostname")).strip() or None,
             )
         return netsetup.setup(
             self.paths,
@@ -589,9 +596,7 @@ class ContainerService:
         for warning in warnings:
             print(f"hull: warning: {warning}", file=sys.stderr)
         _make_workdir(layout.rootfs, spec["process"].get("cwd") or "/")
-        tmp = layout.bundle / "config.json.tmp"
-        tmp.write_text(fastjson.dumps(spec))
-        os.replace(tmp, layout.bundle / "config.json")
+        replace_text(join(layout.bundle, "config.json"), fastjson.dumps(spec))
 
     def _spawn_shim(
         self, record: ContainerRecord, layout: ContainerLayout, runtime: list[str] | None = None
@@ -928,7 +933,7 @@ class ContainerService:
             check_dns(self.paths, self.db)
         except HullError as err:
             print(f"hull: warning: embedded DNS: {err.message}", file=sys.stderr)
-        if (self.paths.runroot / "vm-pool").is_dir():  # a stat: hull.vm.pool is heavy
+        if os.path.isdir(join(self.paths.runroot, "vm-pool")):  # hull.vm.pool is heavy
             try:
                 from hull.vm import pool
 
@@ -1042,7 +1047,7 @@ def inspect_document(record: ContainerRecord, layout: ContainerLayout) -> dict[s
     run = record.run
     args: list[str] = []
     try:
-        spec = fastjson.loads((layout.bundle / "config.json").read_text())
+        spec = fastjson.loads(read_text(join(layout.bundle, "config.json")))
         args = spec["process"]["args"]
     except (OSError, ValueError, KeyError):
         args = command_of(record)
@@ -1071,10 +1076,10 @@ def inspect_document(record: ContainerRecord, layout: ContainerLayout) -> dict[s
             "FinishedAt": _rfc3339(record.finished_at),
         },
         "Image": record.image_id,
-        "ResolvConfPath": str(layout.dir / "resolv.conf"),
-        "HostnamePath": str(layout.dir / "hostname"),
-        "HostsPath": str(layout.dir / "hosts"),
-        "LogPath": str(layout.log),
+        "ResolvConfPath": join(layout.dir, "resolv.conf"),
+        "HostnamePath": join(layout.dir, "hostname"),
+        "HostsPath": join(layout.dir, "hosts"),
+        "LogPath": layout.log,
         "Name": "/" + record.name,
         "RestartCount": record.restart_count,
         "Driver": "overlay",
@@ -1152,7 +1157,8 @@ class ContainerLock:
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NotFoundError(f"no such container: {self.path.parent.name}") from None
+            container_dir = os.path.dirname(self.path)
+            raise NotFoundError(f"no such container: {os.path.basename(container_dir)}") from None
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
@@ -1256,7 +1262,7 @@ def _detach_rootfs(layout: ContainerLayout) -> None:
         pass  # not mounted
 
 
-def _unpacked_layers(paths: HullPaths, diff_ids: list[str]) -> list[Path] | None:
+def _unpacked_layers(paths: HullPaths, diff_ids: list[str]) -> list[str] | None:
     """The diff dirs of an image's layers if all are unpacked, else None.
 
     LayerStore.ensure says the same, but importing the unpacker (tarfile,
@@ -1269,7 +1275,7 @@ def _unpacked_layers(paths: HullPaths, diff_ids: list[str]) -> list[Path] | None
     for chain_id in chain_ids(diff_ids):
         if not layer_is_complete(paths.root, chain_id):
             return None
-        dirs.append(layer_dir(paths.root, chain_id) / "diff")
+        dirs.append(join(layer_dir(paths.root, chain_id), "diff"))
     return dirs
 
 
@@ -1280,7 +1286,7 @@ def _vm_disk_cached(paths: HullPaths, diff_ids: list[str]) -> bool:
     from hull.oci.image import chain_ids
     from hull.vm.rootdisk import root_disk_path
 
-    return root_disk_path(paths.vm, chain_ids(diff_ids)[-1]).is_file()
+    return os.path.isfile(root_disk_path(paths.vm, chain_ids(diff_ids)[-1]))
 
 
 def _names_a_user(user: str | None) -> bool:
@@ -1293,7 +1299,7 @@ def _pick(words: tuple[str, ...]) -> str:
     return words[int.from_bytes(os.urandom(2), "big") % len(words)]
 
 
-def _rmtree(path: Path) -> None:
+def _rmtree(path: str) -> None:
     """shutil.rmtree(path, ignore_errors=True) without importing shutil (and with
     it bz2, lzma and zlib: ~2 ms of `hull run`). Symlinks are unlinked, never followed."""
     for parent, dirs, files in os.walk(path, topdown=False):
@@ -1317,7 +1323,7 @@ def _rmtree(path: Path) -> None:
         pass
 
 
-def _copyfile(src: Path, dst: Path) -> None:
+def _copyfile(src: str, dst: str) -> None:
     import shutil
 
     shutil.copyfile(src, dst)
@@ -1325,11 +1331,9 @@ def _copyfile(src: Path, dst: Path) -> None:
 
 def _write_exit(layout: ContainerLayout, code: int) -> None:
     """Record an exit where the shim would (shim.EXIT_FILE), for cleanup to read."""
-    tmp = layout.shim_dir / "exit.tmp"
     try:
-        layout.shim_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(f"{code}\n")
-        os.replace(tmp, layout.shim_dir / "exit")
+        os.makedirs(layout.shim_dir, exist_ok=True)
+        replace_text(join(layout.shim_dir, "exit"), f"{code}\n")
     except OSError:
         pass  # the directory is gone: the container was removed meanwhile
 
@@ -1337,11 +1341,10 @@ def _write_exit(layout: ContainerLayout, code: int) -> None:
 def _kill_old_shim(layout: ContainerLayout) -> None:
     from hull.engine.shim import shim_alive
 
-    pid_file = layout.shim_dir / "shim.pid"
-    if not shim_alive(str(layout.shim_dir)):
+    if not shim_alive(layout.shim_dir):
         return
     try:
-        pid = int(pid_file.read_text().strip())
+        pid = int(read_text(join(layout.shim_dir, "shim.pid")).strip())
         os.kill(pid, 9)
     except (OSError, ValueError):
         return
@@ -1351,7 +1354,7 @@ def _kill_old_shim(layout: ContainerLayout) -> None:
         time.sleep(0.005)
 
 
-def _make_workdir(rootfs: Path, cwd: str) -> None:
+def _make_workdir(rootfs: str, cwd: str) -> None:
     """Docker creates a missing working directory; resolved inside the rootfs only."""
     from hull.runtime.linux.rootfs import open_in_root
 
@@ -1384,9 +1387,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _runtime_binary() -> str:
-    launcher = Path(sys.executable).parent / "hull-runtime"
-    if launcher.exists():
-        return str(launcher)
+    launcher = join(os.path.dirname(sys.executable), "hull-runtime")
+    if os.path.exists(launcher):
+        return launcher
     import shutil
 
     found = shutil.which("hull-runtime")

@@ -9,24 +9,23 @@ mid-migration leaves the previous schema intact.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 from hull.errors import HullError, StateError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Callable
+
+    Migration = Callable[[sqlite3.Connection], None]
 else:
     # sqlite3's C half: the package adds only date/time adapters (deprecated since
     # Python 3.12) and, for them, `datetime`: ~1 ms of every `hull run`.
     import _sqlite3 as sqlite3
 
 BUSY_TIMEOUT_MS = 30_000
-
-Migration = Callable[[sqlite3.Connection], None]
 
 
 def _images_v1(conn: sqlite3.Connection) -> None:
@@ -163,14 +162,12 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 class Database:
     """A connection to hull.db with the schema brought up to date on open."""
 
-    def __init__(self, path: Path, migrations: list[tuple[str, Migration]] | None = None) -> None:
+    def __init__(self, path: str, migrations: list[tuple[str, Migration]] | None = None) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             # isolation_level=None: we issue BEGIN ourselves so transactions are explicit.
-            self.conn = sqlite3.connect(
-                str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-            )
+            self.conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn.execute("PRAGMA journal_mode = WAL")
@@ -189,16 +186,9 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Transaction:
         """BEGIN IMMEDIATE .. COMMIT: take the write lock up front, roll back on any error."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        return Transaction(self.conn)
 
     def execute(
         self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
@@ -210,6 +200,23 @@ class Database:
 
     def image_in_use(self, image_id: str) -> bool:
         return image_in_use(self.conn, image_id)
+
+
+class Transaction:
+    """`with db.transaction() as conn:` (a class rather than @contextmanager, whose
+    contextlib costs `hull run` the collections and functools imports)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

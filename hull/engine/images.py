@@ -10,16 +10,13 @@ deletes what a concurrent pull, load or bootstrap is about to record.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from os.path import join
 
 from hull.engine.db import Database
 from hull.errors import ConfigError, NotFoundError, StateError
+from hull.flocks import FileLock
 from hull.oci.image import Descriptor, Manifest, chain_ids, parse_config, parse_manifest
 from hull.oci.reference import DEFAULT_TAG, Reference, parse_reference
 from hull.paths import HullPaths
@@ -28,6 +25,7 @@ from hull.runtime import fastjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
     from hull.image.layers import LayerStore
@@ -288,12 +286,16 @@ def resolve(catalog: ImageCatalog, name: str) -> Resolved:
             image_id = catalog.by_tag(ref)
             if image_id and (image := catalog.get(image_id)):
                 return Resolved(image, tag=ref)
+    import re  # not before: `hull run IMAGE` finds its image by tag, without re (~3 ms)
+
     if re.fullmatch(_HEX_PREFIX, text):
         return Resolved(_by_id_prefix(catalog, text, name))
     raise NotFoundError(f"no such image: {name}")
 
 
 def _by_id_prefix(catalog: ImageCatalog, hex_prefix: str, name: str) -> ImageRecord:
+    import re
+
     if not re.fullmatch(_HEX_PREFIX, hex_prefix):
         raise NotFoundError(f"no such image: {name}")
     ids = catalog.ids_with_prefix(hex_prefix)
@@ -328,7 +330,7 @@ class ImageService:
 
     def __init__(self, paths: HullPaths, db: Database | None = None) -> None:
         self.paths = paths
-        paths.root.mkdir(parents=True, exist_ok=True)
+        os.makedirs(paths.root, exist_ok=True)
         self.db = db if db is not None else Database(paths.db)
         self.catalog = ImageCatalog(self.db)
         self._store: ContentStore | None = None
@@ -485,6 +487,8 @@ class ImageService:
 
     def _save_selection(self, name: str) -> list[tuple[ImageRecord, list[Reference]]]:
         """Docker's rule: a bare repository name saves all its tags; an ID saves no tag."""
+        import contextlib
+
         with contextlib.suppress(ConfigError):
             bare = parse_reference(name, default_tag=False)
             if bare.tag is None and bare.digest is None:
@@ -505,12 +509,14 @@ class ImageService:
 
         spec = bootstrap.parse_kind(kind)
         ref = parse_tag(tag or spec.default_tag)
-        scratch_parent = self.paths.root / "tmp"
-        scratch_parent.mkdir(parents=True, exist_ok=True)
+        scratch_parent = join(self.paths.root, "tmp")
+        os.makedirs(scratch_parent, exist_ok=True)
         with self._writer_lock():
             import tempfile
 
             with tempfile.TemporaryDirectory(dir=scratch_parent, prefix="bootstrap-") as scratch:
+                from pathlib import Path
+
                 built = bootstrap.build(spec, self.store, Path(scratch))
             try:
                 return self._record(built.manifest_digest, built.manifest, None, [ref], [])
@@ -682,7 +688,7 @@ class ImageService:
                     self.layer_store.remove(chain)
             self.store.sweep()
             self.layer_store.sweep()
-            _sweep_scratch(self.paths.root / "tmp")
+            _sweep_scratch(join(self.paths.root, "tmp"))
 
     # -------------------------------------------------------------- internals
 
@@ -748,20 +754,12 @@ class ImageService:
             if digest not in referenced and digest not in keep:
                 self.store.delete(digest)
 
-    @contextlib.contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        with self._lock(exclusive=False):
-            yield
+    def _writer_lock(self) -> FileLock:
+        return self._lock(exclusive=False)
 
-    @contextlib.contextmanager
-    def _lock(self, exclusive: bool) -> Iterator[None]:
+    def _lock(self, exclusive: bool) -> FileLock:
         """Writers share the image lock; garbage collection takes it alone."""
-        fd = os.open(self.paths.root / "images.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+        return FileLock(join(self.paths.root, "images.lock"), exclusive)
 
     list = list_images  # the engine's verb, as the API names it
 
@@ -769,30 +767,34 @@ class ImageService:
 SCRATCH_MAX_AGE = 24 * 3600
 
 
-def _sweep_scratch(scratch: Path) -> None:
+def _sweep_scratch(scratch: str) -> None:
     """Remove what a crashed bootstrap or load left in root/tmp (old entries only:
     a `hull load` from stdin spools there before it takes the image lock)."""
-    if not scratch.is_dir():
+    if not os.path.isdir(scratch):
         return
     cutoff = time.time() - SCRATCH_MAX_AGE
-    for entry in scratch.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            if entry.lstat().st_mtime < cutoff:
-                if entry.is_dir() and not entry.is_symlink():
+    for entry in os.scandir(scratch):
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                if entry.is_dir(follow_symlinks=False):
                     import shutil
 
-                    shutil.rmtree(entry, ignore_errors=True)
+                    shutil.rmtree(entry.path, ignore_errors=True)
                 else:
-                    entry.unlink()
+                    os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
 
 
-def tree_size(path: Path) -> int:
+def tree_size(path: str | os.PathLike[str]) -> int:
     """Bytes of files and symlinks under path (the figure `docker images` shows)."""
     total = 0
     for dirpath, _dirnames, filenames in os.walk(path):
         for name in filenames:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 total += os.lstat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:
+                pass
     return total
 
 
@@ -892,6 +894,7 @@ def _epoch(created: Any) -> int:
     """Seconds since the epoch of an RFC 3339 timestamp; 0 when absent or unreadable."""
     if not isinstance(created, str) or not created:
         return 0
+    import re
     from datetime import datetime
 
     text = created.strip().replace("Z", "+00:00")

@@ -23,17 +23,18 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-from collections.abc import Iterable
-from pathlib import Path
+from os.path import join
 
 from hull.engine.runconfig import RunConfig, uses_network
 from hull.errors import ConfigError, HullError, StateError
+from hull.files import read_text, write_text
 from hull.paths import HullPaths
 from hull.records import dataclass
 from hull.runtime import fastjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
     from hull.engine.containers import ContainerService
@@ -57,12 +58,12 @@ HOSTS_HEADER = (
 )
 
 
-def netns_dir(paths: HullPaths) -> Path:
-    return paths.runroot / "netns"
+def netns_dir(paths: HullPaths) -> str:
+    return join(paths.runroot, "netns")
 
 
-def netns_path(paths: HullPaths, container_id: str) -> Path:
-    return netns_dir(paths) / container_id
+def netns_path(paths: HullPaths, container_id: str) -> str:
+    return join(netns_dir(paths), container_id)
 
 
 def network_service(paths: HullPaths, db: Database) -> NetworkService:
@@ -218,7 +219,7 @@ def network_settings(
 
 def read_host_resolv_conf() -> str:
     try:
-        return Path("/etc/resolv.conf").read_text()
+        return read_text("/etc/resolv.conf")
     except OSError:
         return ""
 
@@ -293,7 +294,7 @@ def hosts_text(
     return "\n".join(lines) + "\n"
 
 
-def write_in_place(path: Path, text: str) -> None:
+def write_in_place(path: str, text: str) -> None:
     """Rewrite a file keeping its inode, so a running container's bind mount sees the
     new text; flock keeps two writers from interleaving."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -347,10 +348,10 @@ def refresh_peer_hosts(
     for row in rows:
         try:
             run = RunConfig.from_dict(fastjson.loads(row["run_config"]))
-            path = paths.containers / row["id"] / "hosts"
-            if not path.exists():
+            path = join(paths.containers, row["id"], "hosts")
+            if not os.path.exists(path):
                 continue
-            hostname = (paths.containers / row["id"] / "hostname").read_text().strip()
+            hostname = read_text(join(paths.containers, row["id"], "hostname")).strip()
             write_in_place(path, container_hosts_text(db, row["id"], run, hostname))
         except (OSError, ValueError, HullError):
             continue
@@ -407,7 +408,7 @@ def check_dns(paths: HullPaths, db: Database) -> None:
         "SELECT 1 FROM net_endpoints e JOIN net_networks n ON n.id = e.network_id"
         " WHERE n.name != 'bridge' LIMIT 1"
     ).fetchone()
-    if busy is None and not os.path.lexists(paths.runroot / "dns" / "control"):
+    if busy is None and not os.path.lexists(join(paths.runroot, "dns", "control")):
         return
     from hull.net import dns_control
 
@@ -431,8 +432,8 @@ def joined_netns(paths: HullPaths, target_id: str, target_pid: int) -> str:
     own = netns_path(paths, target_id)
     from hull.net.netns import netns_exists
 
-    if netns_exists(str(own)):
-        return str(own)
+    if netns_exists(own):
+        return own
     return f"/proc/{target_pid}/ns/net"
 
 
@@ -459,7 +460,7 @@ def setup(
     name: str,
     run: RunConfig,
     image_config: dict[str, Any],
-    container_dir: Path,
+    container_dir: str,
     warnings: list[str],
 ) -> NetworkPlan:
     """Everything the container's network needs before it starts; undone on failure."""
@@ -474,7 +475,7 @@ def setup(
         teardown(paths, db, container_id)
     service = network_service(paths, db)
     # A microVM has no namespace here: its endpoint is a tap (hull.engine.vmbackend).
-    path = None if run.isolation == "vm" else str(netns_path(paths, container_id))
+    path = None if run.isolation == "vm" else netns_path(paths, container_id)
     if path is not None:
         create_netns(path)
     try:
@@ -487,13 +488,14 @@ def setup(
             service.publish(container_id, primary, specs)
         hostname = run.hostname or container_id[:12]
         write_in_place(
-            container_dir / "hosts", container_hosts_text(db, container_id, run, hostname)
+            join(container_dir, "hosts"), container_hosts_text(db, container_id, run, hostname)
         )
         nameserver = start_dns(paths, db, container_id, run, warnings)
-        (container_dir / "resolv.conf").write_text(
+        write_text(
+            join(container_dir, "resolv.conf"),
             resolv_conf(
                 read_host_resolv_conf(), [nameserver] if nameserver else run.dns, own_namespace=True
-            )
+            ),
         )
         refresh_peer_hosts(
             db, paths, container_id, [ep.network_id for ep in endpoints(db, container_id)]
@@ -539,7 +541,7 @@ def teardown(
         return
     held = endpoints(db, container_id)
     network_ids = [ep.network_id for ep in held]
-    path = str(netns_path(paths, container_id))
+    path = netns_path(paths, container_id)
     if _holds_rows(db, container_id):
         # With the namespace gone the kernel deletes the veths itself, in the background
         # (deleting them here costs 20-40 ms each); they are only taken down meanwhile.
@@ -638,7 +640,7 @@ def connect_running(
     """A new veth into a running container's namespace, and the hosts files updated."""
     from hull.net.netns import netns_exists
 
-    path = str(netns_path(paths, container_id))
+    path = netns_path(paths, container_id)
     if not uses_network(run) or not netns_exists(path):
         raise StateError(
             f"container {name} is in network mode {run.network!r}: only containers on a "
@@ -666,10 +668,12 @@ def disconnect_running(
 
 
 def _rewrite_own_hosts(paths: HullPaths, db: Database, container_id: str, run: RunConfig) -> None:
-    directory = paths.containers / container_id
+    directory = join(paths.containers, container_id)
     try:
-        hostname = (directory / "hostname").read_text().strip()
-        write_in_place(directory / "hosts", container_hosts_text(db, container_id, run, hostname))
+        hostname = read_text(join(directory, "hostname")).strip()
+        write_in_place(
+            join(directory, "hosts"), container_hosts_text(db, container_id, run, hostname)
+        )
     except OSError as e:
         raise HullError(f"cannot update /etc/hosts of container {container_id[:12]}: {e}") from None
 

@@ -699,7 +699,7 @@ def container_rootfs(service: ContainerService, record: ContainerRecord) -> Iter
     with ContainerLock(layout):
         mounted = service.mount_rootfs(record, layout)
         try:
-            yield layout.rootfs
+            yield Path(layout.rootfs)
         finally:
             if mounted:
                 unmount(layout.rootfs)
@@ -1274,7 +1274,7 @@ def commit(service: ContainerService, ref: str, options: CommitOptions) -> Image
         container_config(base.config.get("config") or {}, record.run), options.changes
     )
     layout = service.layout(record)
-    scratch = service.paths.root / "tmp"
+    scratch = Path(service.paths.root) / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch, prefix="commit-") as tmp:
         layer_path = Path(tmp) / "layer.tar.gz"
@@ -1373,7 +1373,7 @@ def disk_usage(service: ContainerService) -> list[UsageRow]:
 
     container_size = container_reclaimable = container_active = 0
     for record in containers:
-        size = tree_size(service.layout(record).upper)
+        size = tree_size(Path(service.layout(record).upper))
         container_size += size
         if _running(record):
             container_active += 1
@@ -1420,7 +1420,7 @@ def system_prune(
     for record in service.list_containers(all=True):
         if _running(record):
             continue
-        size = tree_size(service.layout(record).upper)
+        size = tree_size(Path(service.layout(record).upper))
         try:
             service.remove(record.id, volumes=True)
         except HullError as err:
@@ -1465,7 +1465,7 @@ def system_info(service: ContainerService) -> dict[str, Any]:
         "ContainersStopped": len(containers) - running - paused,
         "Images": len(service.images.catalog.all()),
         "Driver": "overlay",
-        "DriverStatus": [["Backing Filesystem", _filesystem_of(service.paths.root)]],
+        "DriverStatus": [["Backing Filesystem", _filesystem_of(Path(service.paths.root))]],
         "LoggingDriver": "json-file",
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": "2" if layout == "v2" else "1",

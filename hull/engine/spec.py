@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Callable
-from pathlib import Path
 
 from hull.engine.runconfig import (
     MountSpec,
@@ -29,7 +27,10 @@ from hull.oci.runtime_spec import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, 
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+    StrPath = str | os.PathLike[str]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where --init's binary appears in the container. Docker uses /sbin/docker-init; a
@@ -66,8 +67,8 @@ def build_spec(
     run: RunConfig,
     image_config: dict[str, Any],
     container_id: str,
-    container_dir: Path,
-    rootfs: Path,
+    container_dir: StrPath,
+    rootfs: StrPath,
     volume_source: Callable[[MountSpec], str] | None = None,
     init_binary: str | None = None,
     warnings: list[str] | None = None,
@@ -148,7 +149,7 @@ def build_spec(
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
-        "root": {"path": str(rootfs), "readonly": run.read_only},
+        "root": {"path": os.fspath(rootfs), "readonly": run.read_only},
         "hostname": hostname,
         "mounts": mounts,
         "linux": linux,
@@ -472,7 +473,7 @@ def default_mounts(privileged: bool) -> list[dict[str, Any]]:
 
 def container_mounts(
     run: RunConfig,
-    container_dir: Path,
+    container_dir: StrPath,
     volume_source: Callable[[MountSpec], str] | None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Default mounts, then /etc/hostname, hosts, resolv.conf and the user's mounts,
@@ -495,7 +496,7 @@ def container_mounts(
                 {
                     "destination": dest,
                     "type": "bind",
-                    "source": str(container_dir / name),
+                    "source": os.path.join(container_dir, name),
                     "options": list(propagation_ro),
                 }
             )

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 
 from hull.errors import ConfigError
 from hull.records import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    StrPath = str | os.PathLike[str]
 
 MAX_ID = 2147483647  # runc: uids and gids are int32 in the kernel ABI that matters
 
@@ -83,7 +86,7 @@ def parse_group(text: str) -> list[GroupEntry]:
     return entries
 
 
-def read_in_root(rootfs: Path, path: str) -> str | None:
+def read_in_root(rootfs: StrPath, path: str) -> str | None:
     """The text of `path` inside rootfs, symlinks resolved as if rootfs were `/`;
     None if it does not exist."""
     from hull.runtime.linux import syscalls
@@ -155,7 +158,7 @@ def match_user(spec: str | None, passwd: list[PasswdEntry], groups: list[GroupEn
     return ExecUser(uid, gid, additional, home)
 
 
-def resolve_user(rootfs: Path, spec: str | None) -> ExecUser:
+def resolve_user(rootfs: StrPath, spec: str | None) -> ExecUser:
     """match_user against rootfs/etc/passwd and rootfs/etc/group (either may be missing)."""
     passwd = parse_passwd(read_in_root(rootfs, "/etc/passwd") or "")
     groups = parse_group(read_in_root(rootfs, "/etc/group") or "")

@@ -146,7 +146,7 @@ def prepare(
         tty=record.run.tty,
         stdin=record.run.interactive,
         interfaces=[interface.agent_spec()] if interface else [],
-        files=file_specs(etc_files(layout.dir)) if interface else [],
+        files=file_specs(etc_files(Path(layout.dir))) if interface else [],
     )
     targets = {m.target for m in record.run.mounts}
     shares = [
@@ -181,7 +181,7 @@ def prepare(
         shares=shares,
         interface=interface,
     )
-    vm_spec.write(layout.bundle)
+    vm_spec.write(Path(layout.bundle))
     return vm_spec
 
 
@@ -189,7 +189,7 @@ def start(
     service: ContainerService,
     record: ContainerRecord,
     layout: ContainerLayout,
-    before_start: Callable[[ContainerRecord, Path], None] | None = None,
+    before_start: Callable[[ContainerRecord, str], None] | None = None,
 ) -> ShimHandle:
     """Boot the VM under a new shim and start its main process; the shim's handle."""
     from hull.vm import control
@@ -251,7 +251,7 @@ def run_attached(
     user = process.get("user") or {}
     memory, cpus = shape_of(record.run)
     return run_in_vm(
-        layout.rootfs,
+        Path(layout.rootfs),
         process["args"],
         process.get("env") or [],
         process.get("cwd") or "/",
@@ -264,7 +264,7 @@ def run_attached(
         chain_id=chain_ids(image.diff_ids)[-1] if image.diff_ids else None,
         paths=service.paths,
         interface=interface,
-        files=etc_files(layout.dir) if interface else None,
+        files=etc_files(Path(layout.dir)) if interface else None,
     )
 
 
@@ -317,7 +317,7 @@ def top(
         )
     figures = GuestStats.from_reply(guest_stats(service, record))
     try:
-        passwd = (service.layout(record).rootfs / "etc" / "passwd").read_text()
+        passwd = (Path(service.layout(record).rootfs) / "etc" / "passwd").read_text()
     except OSError:
         passwd = ""
     return ps_ef(figures, passwd_names(passwd), time.time())
@@ -361,7 +361,7 @@ def cleanup(layout: ContainerLayout) -> None:
 
     run_dir = run_dir_of(layout.shim_dir)
     try:
-        supervisor = int((layout.shim_dir / "container.pid").read_text())
+        supervisor = int((Path(layout.shim_dir) / "container.pid").read_text())
     except (OSError, ValueError):
         supervisor = 0
     if supervisor and _is_supervisor(supervisor):  # its shim was killed a moment ago
@@ -401,7 +401,7 @@ def exec_in_vm(
     from hull.vm.vmspec import VmSpec
 
     layout = service.layout(record)
-    main = VmSpec.load(layout.bundle).process
+    main = VmSpec.load(Path(layout.bundle)).process
     body: dict[str, Any] = dict(main)
     body.update(args=command, env=merge_env(main.get("env") or [], env_flags(env)), main=False)
     body.update(stdin=interactive and not detach, tty=tty, mounts=[])

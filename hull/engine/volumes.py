@@ -40,7 +40,7 @@ class VolumeService:
         self.db = db if db is not None else Database(paths.db)
 
     def _dir(self, name: str) -> Path:
-        return self.paths.root / "volumes" / name / "_data"
+        return Path(self.paths.root) / "volumes" / name / "_data"
 
     def create(
         self, name: str | None = None, labels: dict[str, str] | None = None, anonymous: bool = False

@@ -880,13 +880,13 @@ class LayerStore:
 
     MARKER = layer_paths.MARKER
 
-    def __init__(self, root: Path, store: ContentStore) -> None:
+    def __init__(self, root: str | Path, store: ContentStore) -> None:
         self._base = Path(root)
         self.root = self._base / "layers"
         self.store = store
 
     def _dir(self, chain_id: str) -> Path:
-        return layer_paths.layer_dir(self._base, chain_id)
+        return Path(layer_paths.layer_dir(self._base, chain_id))
 
     def has(self, chain_id: str) -> bool:
         return (self._dir(chain_id) / self.MARKER).is_file()

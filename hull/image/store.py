@@ -46,7 +46,7 @@ def fsync_dir(path: Path) -> None:
 class ContentStore:
     """Content-addressed blobs under <root>/blobs; partial writes under <root>/ingest."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.ingest = self.root / "ingest"

@@ -47,7 +47,7 @@ _USER_ENDPOINTS = (
 
 
 def state_dir(paths: HullPaths) -> Path:
-    return paths.runroot / "dns"
+    return Path(paths.runroot) / "dns"
 
 
 def records_text(db: StateDB, containers: Containers) -> str:

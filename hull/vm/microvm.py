@@ -79,9 +79,9 @@ class VmShape:
 
 def guest_assets(paths: HullPaths) -> GuestAssets:
     """The cached kernel and initramfs, fetched or built on first use."""
-    kernel = ensure_kernel(paths.vm)
-    agent = agent_binary(paths.vm)
-    return GuestAssets(kernel, initramfs_for(paths.vm, kernel, agent))
+    kernel = ensure_kernel(Path(paths.vm))
+    agent = agent_binary(Path(paths.vm))
+    return GuestAssets(kernel, initramfs_for(Path(paths.vm), kernel, agent))
 
 
 _notified: set[str] = set()
@@ -103,7 +103,9 @@ def pick_accel(
     paths: HullPaths, assets: GuestAssets, notice: Callable[[str], None] = stderr_notice
 ) -> str:
     """KVM if a probe guest boots under it on this host (cached), else TCG."""
-    return choose_accel(paths.vm, assets.kernel.version, lambda: _probe_kvm(paths, assets), notice)
+    return choose_accel(
+        Path(paths.vm), assets.kernel.version, lambda: _probe_kvm(paths, assets), notice
+    )
 
 
 def _probe_kvm(paths: HullPaths, assets: GuestAssets) -> bool:
@@ -157,7 +159,7 @@ def new_run_dir(paths: HullPaths, fixed: Path | None = None) -> Path:
     if fixed is not None:
         fixed.mkdir(parents=True, exist_ok=True)
         return fixed
-    base = paths.runroot / "vm"
+    base = Path(paths.runroot) / "vm"
     base.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="", dir=base))
 
@@ -168,7 +170,7 @@ def root_disk(paths: HullPaths, rootfs: Path, chain_id: str | None, run_dir: Pat
     Cached per chain ID when one is given, else made in run_dir for this VM only.
     """
     if chain_id is not None:
-        disk = cached_root_disk(paths.vm, rootfs, chain_id)
+        disk = cached_root_disk(Path(paths.vm), rootfs, chain_id)
     else:
         disk = make_erofs(rootfs, run_dir / "root.erofs")
     pad_disk(disk, ROOT_DISK_SIZE)

@@ -103,11 +103,11 @@ LOG_LIMIT = 64 << 10
 
 
 def pool_root(paths: HullPaths) -> Path:
-    return paths.runroot / POOL_DIR
+    return Path(paths.runroot) / POOL_DIR
 
 
 def setting_path(paths: HullPaths) -> Path:
-    return paths.vm / SETTING_FILE
+    return Path(paths.vm) / SETTING_FILE
 
 
 def pool_size(paths: HullPaths) -> int:
@@ -135,7 +135,7 @@ def parse_size(value: str, where: str) -> int:
 def set_pool_size(paths: HullPaths, size: int) -> None:
     """Save the setting; shrinking stops the VMs beyond the new size (0: all of them)."""
     parse_size(str(size), "--size")
-    paths.vm.mkdir(parents=True, exist_ok=True)
+    Path(paths.vm).mkdir(parents=True, exist_ok=True)
     target = setting_path(paths)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(json.dumps({"size": size}) + "\n")
@@ -157,7 +157,7 @@ def chain_hex(chain_id: str) -> str:
 
 def image_disk(paths: HullPaths, chain_id: str) -> Path:
     """The image's cached root disk (hull.vm.rootdisk names and builds it)."""
-    return root_disk_path(paths.vm, chain_id)
+    return root_disk_path(Path(paths.vm), chain_id)
 
 
 @dataclass(frozen=True)
@@ -350,7 +350,7 @@ def refilling(paths: HullPaths) -> bool:
 def refill_main(argv: list[str]) -> int:
     """The refill process: `ROOT RUNROOT ACCEL MEMORY CPUS CHAIN WAIT_PID`."""
     root, runroot, accel, memory, cpus, chain_id, wait_pid = argv
-    paths = HullPaths(Path(root), Path(runroot))
+    paths = HullPaths(root, runroot)
     _wait_exit(int(wait_pid), REFILL_WAIT)
     try:
         made = refill(paths, VmShape(accel, int(memory), int(cpus)), chain_id)
@@ -475,7 +475,7 @@ def reconcile(paths: HullPaths, size: int | None = None) -> int:
             _, pid, start, _ = (directory.name.split("-") + ["", "", ""])[:4]
             if directory.is_dir() and not _alive(int(pid or 0), int(start or -1)):
                 stopped += _discard(directory)  # its taker died while adopting it
-        templates = paths.vm / "templates"
+        templates = Path(paths.vm) / "templates"
         for key_dir in _key_dirs(root):
             template_gone = not (templates / key_dir.name.split("-")[0] / "complete").exists()
             kept = 0
@@ -488,7 +488,7 @@ def reconcile(paths: HullPaths, size: int | None = None) -> int:
                 stopped += _discard(directory)
             if kept == 0:
                 _remove_key(root, key_dir)
-    runs = paths.runroot / "vm"
+    runs = Path(paths.runroot) / "vm"
     if runs.is_dir():
         for owner_file in runs.glob(f"*/{OWNER_FILE}"):
             stopped += _sweep_orphan(owner_file.parent, owner_file)

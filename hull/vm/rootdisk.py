@@ -21,11 +21,11 @@ MKFS_EROFS = "mkfs.erofs"
 _CHAIN_ID = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 
 
-def disks_dir(vm_root: Path) -> Path:
-    return vm_root / "disks"
+def disks_dir(vm_root: str | Path) -> Path:
+    return Path(vm_root) / "disks"
 
 
-def root_disk_path(vm_root: Path, chain_id: str) -> Path:
+def root_disk_path(vm_root: str | Path, chain_id: str) -> Path:
     """Where the shared root disk of an image's layer chain lives (built or not)."""
     return disks_dir(vm_root) / f"{chain_id.removeprefix('sha256:')}.erofs"
 

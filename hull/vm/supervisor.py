@@ -207,7 +207,7 @@ class Supervisor:
 
     def _boot(self) -> None:
         spec = self.spec
-        paths = HullPaths(Path(spec.root), Path(spec.runroot))
+        paths = HullPaths(spec.root, spec.runroot)
         shutil.rmtree(self.run_dir, ignore_errors=True)  # a crashed run's leftovers
         self.run_dir.mkdir(parents=True)
         for index, share in enumerate(spec.shares):

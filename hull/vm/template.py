@@ -69,8 +69,8 @@ class Template:
         return self.directory / "state"
 
 
-def templates_dir(vm_root: Path) -> Path:
-    return vm_root / "templates"
+def templates_dir(vm_root: str | Path) -> Path:
+    return Path(vm_root) / "templates"
 
 
 def assets_id(assets: GuestAssets) -> str:

@@ -29,7 +29,7 @@ def test_run_rm_returns_the_exit_code_and_leaves_nothing(hull):
     assert result.stdout == "out\n"
     assert result.stderr == "err\n"
     assert hull.ok("ps", "-aq") == ""
-    assert list((hull.paths.root / "containers").iterdir()) == []
+    assert list((Path(hull.paths.root) / "containers").iterdir()) == []
 
 
 def test_docker_exit_codes(hull):
@@ -190,9 +190,9 @@ def test_many_run_rm_leave_no_leftovers(hull):
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     assert hull.ok("ps", "-aq") == ""
-    assert list((hull.paths.root / "containers").iterdir()) == []
+    assert list((Path(hull.paths.root) / "containers").iterdir()) == []
     assert overlay_mounts_under(hull.paths.root) == []
-    runtime_state = hull.paths.runtime_state
+    runtime_state = Path(hull.paths.runtime_state)
     # Only the compiled seccomp filters stay (a cache, no container's state).
     from hull.runtime.linux.seccomp_cache import CACHE_DIR_NAME
 
@@ -268,7 +268,7 @@ def test_crash_between_shim_and_start_is_recovered(hull):
 
     cid = hull.ok("create", "--name", "half", "busybox", "sh", "-c", "echo ran").strip()
     proc = __import__("subprocess").Popen(hull.cmd("start", "half"))
-    shim_dir = hull.paths.runroot / "shims" / cid[:12]
+    shim_dir = Path(hull.paths.runroot) / "shims" / cid[:12]
     wait_for(lambda: (shim_dir / "shim.pid").exists(), timeout=20, step=0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -306,7 +306,7 @@ def test_restart_always_after_the_supervisor_is_killed(hull):
         "run", "-d", "--name", "lazarus", "--restart", "always", "busybox",
         "sh", "-c", "sleep 0.5; exit 1",
     ).strip()  # fmt: skip
-    shim_pid = int((hull.paths.runroot / "shims" / cid[:12] / "shim.pid").read_text())
+    shim_pid = int((Path(hull.paths.runroot) / "shims" / cid[:12] / "shim.pid").read_text())
     os.kill(shim_pid, 9)
     time.sleep(1.0)  # the container exits with nobody watching
 

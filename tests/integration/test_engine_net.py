@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -107,7 +108,7 @@ def assert_no_network_state(h: NetHull, bridges: list[str]) -> None:
             time.sleep(0.05)
         assert links.bridge_ports(bridge) == [], bridge
     assert port_elements(h.table) == []
-    netns = h.hull.paths.runroot / "netns"
+    netns = Path(h.hull.paths.runroot) / "netns"
     assert not netns.exists() or list(netns.iterdir()) == []
 
 

@@ -37,8 +37,8 @@ def hull(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hull]:
     require_vm_tools()
     base = tmp_path_factory.mktemp("hull-vm-engine")
     paths = HullPaths(base / "lib", base / "run")
-    paths.root.mkdir()
-    paths.runroot.mkdir()
+    Path(paths.root).mkdir()
+    Path(paths.runroot).mkdir()
     h = Hull(paths)
     h.ok("image", "bootstrap", "busybox")
     probe = h("run", "--rm", VM, "busybox", "true", timeout=300)
@@ -95,7 +95,7 @@ def _supervises_here(pid: int, runroot: Path) -> bool:
 
 
 def shim_dir(h: Hull, cid: str) -> Path:
-    return h.paths.runroot / "shims" / cid[:12]
+    return Path(h.paths.runroot) / "shims" / cid[:12]
 
 
 def qemu_of(h: Hull, cid: str) -> list[int]:
@@ -214,8 +214,8 @@ def test_stop_kill_and_rm_leave_nothing(hull: Hull) -> None:
     for cid in (polite, stubborn, killed, running):
         assert qemu_of(hull, cid) == []
         assert not shim_dir(hull, cid).exists()
-        assert not (hull.paths.containers / cid).exists()
-    assert list((hull.paths.runroot / "vm").glob("*")) == []  # no per-run disk or socket
+        assert not (Path(hull.paths.containers) / cid).exists()
+    assert list((Path(hull.paths.runroot) / "vm").glob("*")) == []  # no per-run disk or socket
 
 
 def test_pause_and_unpause_freeze_the_guest(hull: Hull) -> None:

@@ -43,7 +43,7 @@ def test_built_kernel_boots_a_guest_with_everything_built_in(
         pytest.skip(exc.message)
     monkeypatch.delenv("HULL_VM_KERNEL", raising=False)
     paths = HullPaths(tmp_path / "lib", tmp_path / "run")
-    paths.runroot.mkdir(parents=True)
+    Path(paths.runroot).mkdir(parents=True)
     kernel = build_kernel(paths.vm)
     assert has_pvh_note(kernel.vmlinux.read_bytes())
     assert kernel.release.endswith("-hull")

@@ -51,8 +51,8 @@ def qemu_pids_under(directory: Path) -> list[int]:
 
 def assert_nothing_left(paths: HullPaths) -> None:
     assert qemu_pids_under(paths.runroot) == []
-    assert list((paths.runroot / "vm").iterdir()) == []
-    templates = paths.vm / "templates"
+    assert list((Path(paths.runroot) / "vm").iterdir()) == []
+    templates = Path(paths.vm) / "templates"
     if templates.exists():  # only finished templates and their lock files
         for entry in templates.iterdir():
             assert entry.suffix == ".lock" or (entry / "complete").exists(), entry

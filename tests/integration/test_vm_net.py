@@ -108,8 +108,8 @@ def vmnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmNet]:
     os.environ.update(env_vars)
     base = tmp_path_factory.mktemp("hull-vm-net")
     paths = HullPaths(base / "lib", base / "run")
-    paths.root.mkdir()
-    paths.runroot.mkdir()
+    Path(paths.root).mkdir()
+    Path(paths.runroot).mkdir()
     h = Hull(paths)
     env = VmNet(h, env_vars["HULL_NFT_TABLE"], env_vars["HULL_BRIDGE"])
     try:

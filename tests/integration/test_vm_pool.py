@@ -150,7 +150,7 @@ def test_run_in_vm_takes_from_the_pool_and_refills_it(vm_pool: Pool) -> None:
     assert all(pool._start_time(pid) < 0 for pid in pooled)  # both taken and ended
     wait_refills(vm_pool.paths)
     assert len(pool.entries(vm_pool.paths)) == 2
-    assert list((vm_pool.paths.runroot / "vm").iterdir()) == []
+    assert list((Path(vm_pool.paths.runroot) / "vm").iterdir()) == []
 
 
 def test_a_dead_pooled_vm_is_skipped_and_removed(vm_pool: Pool) -> None:
@@ -200,7 +200,7 @@ def test_a_vm_whose_taker_was_killed_is_swept(vm_pool: Pool) -> None:
     while pool._alive(pid, start) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not pool._alive(pid, start)
-    assert list((paths.runroot / "vm").iterdir()) == []
+    assert list((Path(paths.runroot) / "vm").iterdir()) == []
     assert len(pool.entries(paths)) == 1  # the other pooled VM stays
 
 

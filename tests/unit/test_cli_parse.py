@@ -6,7 +6,6 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -92,9 +91,9 @@ def test_roots_come_from_flags_else_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("HULL_ROOT", "/env/root")
     monkeypatch.setenv("HULL_RUNROOT", "/env/run")
     args, _ = _parsed(["images"])
-    assert (args.paths.root, args.paths.runroot) == (Path("/env/root"), Path("/env/run"))
+    assert (args.paths.root, args.paths.runroot) == ("/env/root", "/env/run")
     args, _ = _parsed(["--root", "/r", "--runroot", "/rr", "--debug", "images"])
-    assert (args.paths.root, args.paths.runroot, args.debug) == (Path("/r"), Path("/rr"), True)
+    assert (args.paths.root, args.paths.runroot, args.debug) == ("/r", "/rr", True)
 
 
 def test_help_and_bare_groups_are_text() -> None:

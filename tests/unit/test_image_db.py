@@ -257,3 +257,13 @@ def test_prune_removes_dangling_then_all(service: ImageService) -> None:
     report = service.prune(all=True)
     assert report["ImagesDeleted"] == [{"Untagged": "busybox:latest"}, {"Deleted": _id("aa")}]
     assert report["SpaceReclaimed"] == 20
+
+
+def test_a_transaction_rolls_back_on_error(db: Database) -> None:
+    db.execute("CREATE TABLE t (x INTEGER)")
+    with pytest.raises(RuntimeError), db.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("boom")
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert [r[0] for r in db.execute("SELECT x FROM t")] == [2]

@@ -33,7 +33,7 @@ CHAIN = "sha256:" + "c" * 64
 def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HullPaths:
     monkeypatch.delenv(pool.POOL_ENV, raising=False)
     result = HullPaths(tmp_path / "lib", tmp_path / "run")
-    result.runroot.mkdir(parents=True)
+    Path(result.runroot).mkdir(parents=True)
     return result
 
 
@@ -64,7 +64,7 @@ def dead_identity() -> list[int]:
 
 
 def make_template(paths: HullPaths, key: str = TEMPLATE) -> None:
-    directory = paths.vm / "templates" / key
+    directory = Path(paths.vm) / "templates" / key
     directory.mkdir(parents=True)
     (directory / "complete").write_text("")
 
@@ -230,11 +230,11 @@ def test_vms_of_a_rebuilt_template_are_discarded(
 
 def test_a_taken_vm_whose_taker_died_is_stopped(paths: HullPaths, sleeper) -> None:
     proc = sleeper()
-    run_dir = paths.runroot / "vm" / "abc123"
+    run_dir = Path(paths.runroot) / "vm" / "abc123"
     run_dir.mkdir(parents=True)
     owner = {"owner": dead_identity(), "qemu": identity(proc.pid)}
     (run_dir / OWNER_FILE).write_text(json.dumps(owner))
-    live_dir = paths.runroot / "vm" / "def456"
+    live_dir = Path(paths.runroot) / "vm" / "def456"
     live_dir.mkdir()
     other = sleeper()
     (live_dir / OWNER_FILE).write_text(
