@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 
 from hull.errors import ConfigError
 from hull.records import dataclass, field
@@ -197,14 +196,16 @@ def _copy_item(value: Any) -> Any:
 
 # ---------------------------------------------------------------- sizes, numbers
 
-# Patterns are compiled on first use (re caches them): compiling all of them at
-# import cost ~1 ms of every `hull run`, which needs few or none.
+# Patterns are compiled on first use (re caches them), and `re` is imported there:
+# `hull run` usually needs none, and importing re costs it ~3 ms.
 _SIZE_RE = r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
 def parse_memory(value: str, what: str = "memory") -> int:
     """'512m' -> bytes, Docker's RAMInBytes: binary units b k m g t p, optional 'b'/'ib'."""
+    import re  # not at the top: most runs parse no size, and re costs `hull run` ~3 ms
+
     match = re.match(_SIZE_RE, value.strip(), re.IGNORECASE)
     if not match:
         raise ConfigError(f"invalid {what} size: '{value}'")
@@ -221,6 +222,8 @@ def parse_memory_swap(value: str) -> int:
 
 def parse_cpus(value: str) -> float:
     """--cpus '1.5' -> 1.5; at most nanosecond precision, as Docker's NanoCPUs."""
+    import re
+
     text = value.strip()
     if not re.match(r"^(\d+(\.\d*)?|\.\d+)$", text):
         raise ConfigError(f"invalid argument {value!r} for --cpus: not a decimal number")
@@ -410,6 +413,8 @@ def _host_path(source: str) -> str:
 
 
 def _check_volume_name(name: str) -> None:
+    import re
+
     if not re.match(_VOLUME_NAME_RE, name):
         raise ConfigError(
             f'"{name}" includes invalid characters for a local volume name, only '
@@ -622,6 +627,8 @@ _NAME_RE = r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$"
 
 
 def check_container_name(name: str) -> str:
+    import re
+
     if not re.match(_NAME_RE, name):
         raise ConfigError(
             f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
@@ -690,10 +697,14 @@ def check_network_mode(value: str) -> str:
     """--network: none | host | bridge | NAME | container:ID (Docker's NetworkMode)."""
     if value in ("default", ""):
         return "bridge"
+    if value in ("none", "host", "bridge"):
+        return value
     if value.startswith("container:"):
         if not value[len("container:") :]:
             raise ConfigError("--network container: needs a container name or id")
         return value
+    import re
+
     if not re.match(_NETWORK_NAME_RE, value):
         raise ConfigError(f"invalid network name {value!r}")
     return value
@@ -717,7 +728,7 @@ def parse_add_host(value: str) -> str:
     name, found, address = value.partition(sep)
     if not found or not name or not address:
         raise ConfigError(f"invalid argument {value!r} for --add-host: use name:ip")
-    if re.search(_HOSTNAME_BAD, name):
+    if _bad_hostname(name):
         raise ConfigError(f"invalid host name {name!r} for --add-host")
     if address != "host-gateway":
         address = parse_ip(address.strip("[]"), "IP address in --add-host")
@@ -799,7 +810,10 @@ def parse_security_opts(values: list[str]) -> SecurityOptions:
 
 # ---------------------------------------------------------------- whole-config checks
 
-_HOSTNAME_BAD = r"[\s/\x00]"
+
+def _bad_hostname(name: str) -> bool:
+    """Whitespace, '/' or NUL: what Docker refuses in a host name."""
+    return any(c.isspace() or c in "/\x00" for c in name)
 
 
 def validate_run_config(run: RunConfig) -> RunConfig:
@@ -823,9 +837,7 @@ def validate_run_config(run: RunConfig) -> RunConfig:
             f"the working directory '{run.workdir}' is invalid, it needs to be an absolute path"
         )
     if run.hostname is not None and (
-        not run.hostname
-        or len(run.hostname.encode()) > 64
-        or re.search(_HOSTNAME_BAD, run.hostname)
+        not run.hostname or len(run.hostname.encode()) > 64 or _bad_hostname(run.hostname)
     ):
         raise ConfigError(f"invalid hostname {run.hostname!r}")
     _check_resources(run)

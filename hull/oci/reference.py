@@ -10,8 +10,6 @@ which piece is wrong.
 
 from __future__ import annotations
 
-import re
-
 from hull.errors import ConfigError
 from hull.records import dataclass
 
@@ -31,6 +29,18 @@ _DOMAIN = rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?\Z"
 _TAG = r"[\w][\w.-]{0,127}\Z"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}\Z"
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+
+
+def _match(pattern: str, text: str) -> bool:
+    import re  # not at the top: `hull run busybox` needs no pattern (_plain), and re costs ~3 ms
+
+    return re.match(pattern, text) is not None
+
+
+def _plain(text: str) -> bool:
+    """A non-empty run of [a-z0-9]: a valid path component and tag (both patterns
+    accept one), by far the common case, checked without a regex."""
+    return text.isascii() and text.isalnum() and text == text.lower()
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,7 @@ def _split_domain(name: str, text: str) -> tuple[str, str]:
     )
     if looks_like_host:
         domain, path = first, rest
-        if not re.match(_DOMAIN, domain):
+        if not _match(_DOMAIN, domain):
             raise ConfigError(f"invalid reference format {text!r}: invalid registry {domain!r}")
     else:
         domain, path = DEFAULT_DOMAIN, name
@@ -142,7 +152,7 @@ def _check_path(path: str, text: str) -> None:
             raise ConfigError(
                 f"invalid reference format {text!r}: empty path component in {path!r}"
             )
-        if not re.match(_PATH_COMPONENT, component):
+        if not _plain(component) and not _match(_PATH_COMPONENT, component):
             raise ConfigError(
                 f"invalid reference format {text!r}: invalid repository name component "
                 f"{component!r} (use lowercase letters, digits and single . _ __ or - "
@@ -151,7 +161,7 @@ def _check_path(path: str, text: str) -> None:
 
 
 def _check_tag(tag: str, text: str | None = None) -> None:
-    if not re.match(_TAG, tag):
+    if not (_plain(tag) and len(tag) <= 128) and not _match(_TAG, tag):
         raise ConfigError(
             f"invalid reference format {text or tag!r}: invalid tag {tag!r} (up to 128 "
             "letters, digits, _ . -; not starting with . or -)"
@@ -160,7 +170,7 @@ def _check_tag(tag: str, text: str | None = None) -> None:
 
 def _check_digest(digest: str, text: str | None = None) -> None:
     where = f"invalid reference format {text or digest!r}"
-    if not re.match(_DIGEST, digest):
+    if not _match(_DIGEST, digest):
         raise ConfigError(f"{where}: invalid digest {digest!r} (expected algorithm:hex)")
     algorithm, hex_part = digest.split(":", 1)
     expected = _DIGEST_HEX_LENGTH.get(algorithm)

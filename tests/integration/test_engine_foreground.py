@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,31 @@ def _start_foreground(hull: Hull, name: str, *command: str) -> subprocess.Popen:
     )
     wait_for(lambda: _running(hull, name))
     return proc
+
+
+# What `hull run` must not import (docs/architecture.md, "Processes"): pathlib with
+# re, enum and urllib.parse cost ~6 ms of its ~35; contextlib and dataclasses
+# bring collections, functools, inspect.
+HEAVY_FOR_RUN = ("pathlib", "re", "enum", "urllib.parse", "contextlib", "dataclasses", "typing")
+
+
+def test_run_rm_imports_nothing_heavy(hull: Hull) -> None:
+    """As the launcher starts it (python -I -S, the repo on sys.path)."""
+    repo = str(Path(__file__).resolve().parents[2])
+    code = (
+        f"import sys; sys.path[:0] = [{repo!r}]\n"
+        "from hull.cli.main import main\n"
+        "code = main()\n"
+        f"print(sorted(m for m in {HEAVY_FOR_RUN!r} if m in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    args = ["--root", hull.paths.root, "--runroot", hull.paths.runroot]
+    args += ["run", "--rm", "--network", "none", "busybox", "true"]
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, *args], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_foreground_rm_uses_no_shim_and_passes_stdio_through(hull: Hull) -> None:
@@ -86,7 +113,7 @@ def test_killed_foreground_hull_leaves_the_container_to_the_sweep(hull: Hull) ->
     # Once it exited, the next hull invocation's sweep records it and applies --rm.
     wait_for(lambda: hull.ok("ps", "-aq") == "", timeout=10)
     assert overlay_mounts_under(hull.paths.root) == []
-    containers = hull.paths.root / "containers"
+    containers = Path(hull.paths.root) / "containers"
     assert not containers.exists() or os.listdir(containers) == []
 
 
@@ -112,4 +139,4 @@ def test_sweep_leaves_a_supervised_container_to_its_hull_process(hull: Hull) -> 
             _release_supervision(supervision)
     # With its supervisor gone, the sweep applies --rm.
     assert hull.ok("ps", "-aq") == ""
-    assert not layout.dir.exists()
+    assert not os.path.exists(layout.dir)

@@ -105,3 +105,28 @@ def test_reference_helpers() -> None:
     assert pinned.with_digest(DIGEST).tag is None
     with pytest.raises(ConfigError):
         pinned.with_tag("bad tag")
+
+
+def _accepts(check, text: str) -> bool:
+    try:
+        check(text)
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "text", ["busybox", "a", "x9", "0", "latest", "v1", "Abc", "a.b", "a-b", "_x", "a b", "é", ""]
+)
+def test_the_plain_shortcut_agrees_with_the_patterns(text: str) -> None:
+    """_plain skips the regex for a run of [a-z0-9]; the checks still accept exactly
+    what the patterns accept."""
+    import re
+
+    from hull.oci import reference as ref
+
+    if ref._plain(text):
+        assert re.match(ref._PATH_COMPONENT, text) and re.match(ref._TAG, text)
+    assert _accepts(ref._check_tag, text) == bool(re.match(ref._TAG, text))
+    component_ok = text == text.lower() and bool(re.match(ref._PATH_COMPONENT, text))
+    assert _accepts(lambda t: ref._check_path(t, t), text) == component_ok
