@@ -36,25 +36,6 @@ HOOK_KINDS = (
     "poststop",
 )
 
-RLIMIT_TYPES = {
-    "RLIMIT_CPU": 0,
-    "RLIMIT_FSIZE": 1,
-    "RLIMIT_DATA": 2,
-    "RLIMIT_STACK": 3,
-    "RLIMIT_CORE": 4,
-    "RLIMIT_RSS": 5,
-    "RLIMIT_NPROC": 6,
-    "RLIMIT_NOFILE": 7,
-    "RLIMIT_MEMLOCK": 8,
-    "RLIMIT_AS": 9,
-    "RLIMIT_LOCKS": 10,
-    "RLIMIT_SIGPENDING": 11,
-    "RLIMIT_MSGQUEUE": 12,
-    "RLIMIT_NICE": 13,
-    "RLIMIT_RTPRIO": 14,
-    "RLIMIT_RTTIME": 15,
-}
-
 MOUNT_OPTIONS = (
     "async",
     "atime",
@@ -235,11 +216,13 @@ def _validate_process(process: Any, required: bool) -> None:
         for name in _expect(names, list, f"process.capabilities.{kind}"):
             if not isinstance(name, str) or not name.startswith("CAP_"):
                 _fail(f"capability {name!r} in {kind} is not a CAP_* name")
+    from hull.runtime.linux.rlimits import RLIMITS  # the kernel's numbering lives there
+
     seen: set[str] = set()
     for rl in process.get("rlimits") or []:
         _expect(rl, dict, "process.rlimits[]")
         kind = rl.get("type")
-        if kind not in RLIMIT_TYPES:
+        if kind not in RLIMITS:
             _fail(f"unknown rlimit type {kind!r}")
         if kind in seen:
             _fail(f"rlimit {kind} is given twice")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from _collections_abc import Mapping  # what collections.abc re-exports; os already loaded it
 
 from hull.errors import ConfigError, KernelError
-from hull.oci.runtime_spec import RLIMIT_TYPES
 from hull.runtime.warn import warn
 
 TYPE_CHECKING = False
@@ -19,8 +18,27 @@ if TYPE_CHECKING:  # `typing` and `collections` cost milliseconds on the start p
     from collections.abc import Sequence
     from typing import Any
 
-# asm-generic/resource.h numbering (x86_64 and aarch64 share it), kept once in the spec module.
-RLIMITS: dict[str, int] = RLIMIT_TYPES
+# asm-generic/resource.h numbering (x86_64 and aarch64 share it): the OCI names
+# runtime_spec.validate accepts. Here, not there: stage 1 imports this module, and
+# the spec module would cost it ~0.2 ms more.
+RLIMITS: dict[str, int] = {
+    "RLIMIT_CPU": 0,
+    "RLIMIT_FSIZE": 1,
+    "RLIMIT_DATA": 2,
+    "RLIMIT_STACK": 3,
+    "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5,
+    "RLIMIT_NPROC": 6,
+    "RLIMIT_NOFILE": 7,
+    "RLIMIT_MEMLOCK": 8,
+    "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10,
+    "RLIMIT_SIGPENDING": 11,
+    "RLIMIT_MSGQUEUE": 12,
+    "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14,
+    "RLIMIT_RTTIME": 15,
+}
 
 # The OCI spec's values are uint64, as is the kernel's rlim_t, and prlimit goes
 # through ctypes (syscalls.prlimit), so values pass unchanged: all ones is
