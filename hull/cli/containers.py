@@ -122,6 +122,9 @@ def _run(args: argparse.Namespace, stage1_worker=None) -> int:
     service = _service(args)
     record = service.create(config)
     if config.isolation == "vm" and not config.detach:
+        from hull.gc_pause import resume
+
+        resume()  # a VM's start is no race, and its run may be long
         if config.mounts or config.tty or config.interactive:  # the supervised VM's
             return _run_attached(service, record, config)
         return service.run_vm(record.id)
@@ -145,6 +148,9 @@ def _run(args: argparse.Namespace, stage1_worker=None) -> int:
 def _run_attached(service: ContainerService, record: ContainerRecord, config) -> int:
     """Foreground run: attach before start, stream, forward signals, return the exit code."""
     from hull.engine.shim import attach
+    from hull.gc_pause import resume
+
+    resume()  # the attached stream may last: collect as usual
 
     holder: dict[str, Any] = {}
 

@@ -380,6 +380,11 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, object] | str:
     return args, getattr(module, function_name)
 
 
+# Verbs that keep garbage collection paused through their start (the launcher
+# paused it: hull/gc_pause.py); each resumes it itself before it waits.
+GC_PAUSED_VERBS = ("hull.cli.containers:run",)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = _wants_debug(argv)
@@ -389,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(parsed.rstrip("\n") + "\n")
             return 0
         args, function = parsed
+        target = f"{function.__module__}:{function.__name__}"  # type: ignore[attr-defined]
+        if target not in GC_PAUSED_VERBS:
+            from hull.gc_pause import resume
+
+            resume()
         result = function(args)  # type: ignore[operator]
         sys.stdout.flush()
         return int(result or 0)

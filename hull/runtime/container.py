@@ -518,6 +518,9 @@ def _forward(pid: int, signum: int) -> None:
 
 def wait_exit(pid: int) -> int:
     """Wait for our child (stage 1 forked it with CLONE_PARENT); 128+N for a signal."""
+    from hull.gc_pause import resume
+
+    resume()  # the launcher paused collection for the start; a wait may be long
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code

@@ -18,6 +18,8 @@ TEMPLATE = """#!{python} -IS
 # Written by `python -m hull.runtime.launcher`: no `site`, see its docstring.
 import sys
 sys.path[:0] = {paths!r}
+from hull.gc_pause import pause
+pause()  # no garbage collection while we start (see hull/gc_pause.py)
 {prelude}from {module} import main
 code = main({main_args})
 try:

@@ -41,6 +41,10 @@ def proxy(master_fd: int, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
     import termios
     import tty
 
+    from hull.gc_pause import resume
+
+    resume()  # the launcher paused collection for the start; this may run for days
+
     saved = None
     if os.isatty(stdin_fd):
         saved = termios.tcgetattr(stdin_fd)
