@@ -5,6 +5,8 @@ file, the editable-install finder) and imports `re`: about 20 ms before Hull
 runs a line. These launchers run `python -I -S` with the package's directory
 on sys.path: 6 ms. The runtime needs only the standard library; `hull` also
 gets the venv's site-packages directory (httpx, rich), added as a plain path.
+Run as a program, this also builds the runtime's module packs
+(hull/runtime/modpack.py), which hull-runtime create/run load after the fork.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ LAUNCHERS = {"hull-runtime": "hull.runtime.cli", "hull": "hull.cli.main"}
 # imported (hull.runtime.prefork), so its imports overlap all of ours.
 PRELUDES = {
     "hull-runtime": (
-        "from hull.runtime.prefork import from_argv\nworker = from_argv(sys.argv[1:])\n",
+        "from hull.runtime.prefork import from_argv\nworker = from_argv(sys.argv[1:])\n"
+        "if worker is not None:  # the rest of create/run's imports, in one read\n"
+        "    from hull.runtime.modpack import install\n"
+        "    install('runtime')\n",
         "stage1_worker=worker",
     ),
 }
@@ -71,6 +76,10 @@ def write_launcher(bin_dir: Path, name: str = "hull-runtime") -> Path:
 
 
 if __name__ == "__main__":
+    from hull.runtime import modpack
+
     bin_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(sys.executable).parent
     for launcher in LAUNCHERS:
         print(write_launcher(bin_dir, launcher))
+    for pack in modpack.build_all():
+        print(pack)

@@ -9,13 +9,15 @@ Who forks it: the `hull-runtime` launcher itself, before hull.runtime.cli is
 imported (from_argv); `hull run --rm` in the foreground, once its flags say so
 (hull.cli.containers.run); or cli.main when the launcher did not.
 
-This module is what runs before that fork: it imports nothing but the channel
-and, for the pid namespace, linux.pidns (no `from __future__`, no hull.errors).
+This module is what runs before that fork: it imports nothing but the channel,
+the module packs and, for the pid namespace, linux.pidns (no `from __future__`,
+no hull.errors).
 """
 
 import os
 import sys
 
+from hull.runtime import modpack
 from hull.runtime.channel import Channel
 
 # Global flags of hull-runtime that take a value (cli.GLOBAL_FLAGS; a unit test
@@ -132,6 +134,7 @@ def _child(
     _move(0, elsewhere)  # if we run first, we took the caller's CPU: hand it back
     try:
         chan.close()
+        modpack.install("worker")  # init and what it preloads, in one read
         from hull.runtime.init import worker_main
     except BaseException:  # noqa: BLE001 - the runtime reports when nobody answers
         os._exit(0)
