@@ -235,8 +235,7 @@ def migrate(conn: sqlite3.Connection, migrations: list[tuple[str, Migration]]) -
         " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
     )
     while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with Transaction(conn):  # a return commits, an exception rolls back
             current = schema_version(conn)
             if current > len(migrations):
                 raise StateError(
@@ -244,7 +243,6 @@ def migrate(conn: sqlite3.Connection, migrations: list[tuple[str, Migration]]) -
                     f"hull ({len(migrations)}): upgrade hull"
                 )
             if current == len(migrations):
-                conn.execute("COMMIT")
                 return current
             name, migration = migrations[current]
             migration(conn)
@@ -252,10 +250,6 @@ def migrate(conn: sqlite3.Connection, migrations: list[tuple[str, Migration]]) -
                 "INSERT INTO schema_version (version, name, applied) VALUES (?, ?, ?)",
                 (current + 1, name, time.time()),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 def run_script(conn: sqlite3.Connection, script: str) -> None:
