@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.launcher_python import launcher_stdout
 from tests.integration.engine_helpers import (
     Hull,
     isolated_engine_session,
@@ -55,9 +55,7 @@ HEAVY_FOR_RUN = ("pathlib", "re", "enum", "urllib.parse", "contextlib", "datacla
 
 def test_run_rm_imports_nothing_heavy(hull: Hull) -> None:
     """As the launcher starts it (python -I -S, the repo on sys.path)."""
-    repo = str(Path(__file__).resolve().parents[2])
     code = (
-        f"import sys; sys.path[:0] = [{repo!r}]\n"
         "from hull.cli.main import main\n"
         "code = main()\n"
         f"print(sorted(m for m in {HEAVY_FOR_RUN!r} if m in sys.modules))\n"
@@ -65,11 +63,7 @@ def test_run_rm_imports_nothing_heavy(hull: Hull) -> None:
     )
     args = ["--root", hull.paths.root, "--runroot", hull.paths.runroot]
     args += ["run", "--rm", "--network", "none", "busybox", "true"]
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, *args], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert launcher_stdout(code, *args) == "[]"
 
 
 def test_foreground_rm_uses_no_shim_and_passes_stdio_through(hull: Hull) -> None:

@@ -5,25 +5,12 @@ from __future__ import annotations
 import json
 import marshal
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hull.runtime import modpack
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _python(code: str) -> str:
-    """Run code as the launchers run (-I -S, the repo on sys.path)."""
-    prelude = f"import sys; sys.path[:0] = [{str(REPO)!r}]\n"
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", prelude + code], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+from tests.fixtures.launcher_python import launcher_stdout as _python
 
 
 @pytest.fixture(scope="module")

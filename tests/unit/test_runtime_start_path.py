@@ -7,8 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from hull.runtime.prefork import (
     wants_stage1,
 )
 from hull.runtime.state import StateStore
+from tests.fixtures.launcher_python import launcher_stdout
 
 
 def _request(**changes: object) -> InitRequest:
@@ -204,15 +203,12 @@ def test_take_hands_over_the_worker_so_discard_leaves_it_alone():
 
 
 def test_syscalls_does_not_import_the_ctypes_package():
-    repo = str(Path(__file__).resolve().parents[2])
     code = (
-        f"import sys; sys.path.insert(0, {repo!r})\n"
         "import hull.runtime.linux.syscalls, hull.runtime.linux.mountattr,"
         " hull.runtime.linux.sibling, hull.runtime.prefork\n"
         "print('ctypes' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "False", out.stderr
+    assert launcher_stdout(code) == "False"
 
 
 def test_structures_are_laid_out_as_the_kernel_reads_them():
