@@ -19,9 +19,10 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text)
 
 
-def replace_text(path: str, text: str) -> None:
+def replace_text(path: str | os.PathLike[str], text: str) -> None:
     """Write path.tmp, then rename it over path: readers see the old file or the
     new one whole, never a part (no fsync: see docs/architecture.md)."""
+    path = os.fspath(path)
     tmp = path + ".tmp"
     write_text(tmp, text)
     os.replace(tmp, path)

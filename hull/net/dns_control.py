@@ -24,6 +24,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from hull.files import replace_text
 from hull.net import dns
 from hull.net.store import StateDB
 from hull.paths import HullPaths
@@ -220,9 +221,7 @@ def _write_atomic(path: Path, text: str) -> None:
             return
     except OSError:
         pass
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    replace_text(path, text)
 
 
 def _remove(path: Path) -> None:

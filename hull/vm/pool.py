@@ -68,6 +68,7 @@ from hull.errors import (
     ConfigError,
     HullError,
 )
+from hull.files import replace_text
 from hull.flocks import held_elsewhere
 from hull.paths import HullPaths
 from hull.vm.microvm import (
@@ -136,10 +137,7 @@ def set_pool_size(paths: HullPaths, size: int) -> None:
     """Save the setting; shrinking stops the VMs beyond the new size (0: all of them)."""
     parse_size(str(size), "--size")
     Path(paths.vm).mkdir(parents=True, exist_ok=True)
-    target = setting_path(paths)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps({"size": size}) + "\n")
-    os.replace(tmp, target)
+    replace_text(setting_path(paths), json.dumps({"size": size}) + "\n")
     reconcile(paths, size=size)
 
 
@@ -730,9 +728,7 @@ def _pull_socket(process: AdoptedProcess, inode: int) -> socket.socket:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(data) + "\n")
 
 
 def _touch(path: Path) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hull.errors import HullError
+from hull.files import replace_text
 from hull.paths import HullPaths
 from hull.vm.control import CONTROL_SOCKET
 from hull.vm.microvm import MicroVm, VmShape, guest_assets
@@ -145,9 +146,7 @@ def create(spec: VmSpec, pid_file: Path, console_socket: str | None = None) -> i
     os.close(read_end)
     message = b"".join(chunks)
     if message == b"ok":
-        tmp = pid_file.with_name(pid_file.name + ".tmp")
-        tmp.write_text(f"{pid}\n")
-        os.replace(tmp, pid_file)
+        replace_text(pid_file, f"{pid}\n")
         return 0
     os.waitpid(pid, 0)
     text = message.decode(errors="replace").strip() or "the microVM supervisor failed to start"
@@ -239,9 +238,7 @@ class Supervisor:
         pids = [d.process.pid for d in self.daemons]
         if self.vm is not None:
             pids.append(self.vm.qemu.pid)
-        tmp = self.run_dir / (PID_FILE + ".tmp")
-        tmp.write_text("".join(f"{pid}\n" for pid in pids))
-        os.replace(tmp, self.run_dir / PID_FILE)
+        replace_text(self.run_dir / PID_FILE, "".join(f"{pid}\n" for pid in pids))
 
     def _die_with_shim(self, creator: int) -> None:
         """Once the creator has exited the shim is our parent: die with it."""

@@ -9,12 +9,12 @@ tap), so that the supervisor needs no database and no engine code.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hull.errors import ConfigError
+from hull.files import replace_text
 from hull.vm.guestnet import GuestInterface
 from hull.vm.protocol import RunRequest
 
@@ -59,9 +59,7 @@ class VmSpec:
 
     def write(self, bundle: Path) -> Path:
         target = bundle / SPEC_FILE
-        tmp = bundle / (SPEC_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, target)
+        replace_text(target, json.dumps(asdict(self)))
         return target
 
     @classmethod
