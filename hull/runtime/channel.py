@@ -6,7 +6,8 @@ the launcher imports this module before it forks stage 1 (hull.runtime.prefork).
 """
 
 import marshal
-import os
+
+from hull.runtime import posixos as os
 
 
 class ChannelClosed(Exception):

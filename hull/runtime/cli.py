@@ -8,10 +8,10 @@ under hull.runtime.commands and is imported only when it runs.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from hull.errors import ConfigError, HullError
+from hull.runtime import posixos as os
 
 VERSION = "0.1.0"
 SPEC_VERSION = "1.1.0"

@@ -6,12 +6,12 @@ path undoes what it made: no state dir, cgroup, or process is left behind.
 
 from __future__ import annotations
 
-import os
 import time
 
 from hull.errors import ConfigError, NotFoundError, StateError
 from hull.oci import runtime_spec
 from hull.runtime import fastjson
+from hull.runtime import posixos as os
 from hull.runtime.channel import Channel, ChannelClosed, ChildError
 from hull.runtime.init import InitRequest, flush_stdio, fork_child, stage1
 from hull.runtime.prefork import Stage1Worker

@@ -12,10 +12,10 @@ containerd's shim.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from hull.errors import HullError
+from hull.runtime import posixos as os
 from hull.runtime.channel import Channel
 
 # hull.runtime.linux.syscalls (ctypes, ~2 ms to import) is imported by the
@@ -255,7 +255,7 @@ def child_main(fn: Callable[..., None], chan: Channel, *args: object) -> None:
 
 def _trace() -> None:
     """HULL_RUNTIME_TRACE=1 prints a child's traceback, for debugging the runtime."""
-    if os.environ.get("HULL_RUNTIME_TRACE"):
+    if os.getenv("HULL_RUNTIME_TRACE"):
         import traceback
 
         traceback.print_exc()

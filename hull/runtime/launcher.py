@@ -29,8 +29,8 @@ try:
     sys.stderr.flush()
 except (OSError, ValueError):
     pass
-import os
-os._exit(code)  # skip interpreter teardown: nothing is left to finalize
+import posix
+posix._exit(code)  # skip interpreter teardown; posix: os is not loaded (runtime/posixos.py)
 """
 
 LAUNCHERS = {"hull-runtime": "hull.runtime.cli", "hull": "hull.cli.main"}

@@ -20,8 +20,9 @@ No `from __future__`: prefork imports this before the fork.
 """
 
 import marshal
-import os
 import sys
+
+from hull.runtime import posixos as os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -14,10 +14,10 @@ the module packs and, for the pid namespace, linux.pidns (no `from __future__`,
 no hull.errors).
 """
 
-import os
 import sys
 
 from hull.runtime import modpack
+from hull.runtime import posixos as os
 from hull.runtime.channel import Channel
 
 # Global flags of hull-runtime that take a value (cli.GLOBAL_FLAGS; a unit test

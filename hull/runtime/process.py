@@ -8,9 +8,8 @@ then execve. Runs in a forked, single-threaded child.
 
 from __future__ import annotations
 
-import os
-
 from hull.errors import CommandNotFoundError, CommandNotInvokableError, KernelError
+from hull.runtime import posixos as os
 from hull.runtime.linux import syscalls as sc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

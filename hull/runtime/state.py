@@ -11,11 +11,11 @@ its start time is recorded), and the cgroup freezer.
 from __future__ import annotations
 
 import errno
-import os
 import time
 
 from hull.errors import ConfigError, NotFoundError, StateError
 from hull.runtime import fastjson
+from hull.runtime import posixos as os
 
 DEFAULT_ROOT = "/run/hull-runtime"
 CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from hull.runtime import posixos as os
 from hull.runtime.cli import Flags, require_id
 
 USAGE = "ID [--bundle DIR] [--pid-file F] [--console-socket S] [--no-pivot] [--preserve-fds N]"

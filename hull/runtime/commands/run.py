@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from hull.runtime import posixos as os
 from hull.runtime.cli import Flags, require_id
 from hull.runtime.commands.create import FLAGS as CREATE_FLAGS
 

@@ -8,14 +8,13 @@ CAP_SETPCAP), then the lead's keepcaps + uid/gid switch, then apply().
 from __future__ import annotations
 
 import errno
-from _collections_abc import Mapping  # what collections.abc re-exports; os already loaded it
 
 from hull.errors import ConfigError, KernelError
 from hull.runtime.warn import warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` and `collections` cost milliseconds on the start path
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 # linux/capability.h, in the OCI spelling.
@@ -128,7 +127,7 @@ def validate(caps: Mapping[str, Any] | None) -> None:
     """
     if caps is None:
         return
-    if not isinstance(caps, Mapping):
+    if not isinstance(caps, dict):
         raise ConfigError("process.capabilities must be an object")
     for key in _SETS:
         value = caps.get(key)

@@ -7,9 +7,8 @@ time namespaces only take effect for children, hence the second fork.
 
 from __future__ import annotations
 
-import os
-
 from hull.errors import KernelError
+from hull.runtime import posixos as os
 from hull.runtime.linux import syscalls as sc
 
 CLONE_FLAGS = {

@@ -16,7 +16,8 @@ starts late, queued behind its parents on 2 CPUs.)
 """
 
 import _ctypes
-import os
+
+from hull.runtime import posixos as os
 
 CLONE_NEWPID = 0x20000000
 _RTLD_NOW = 2

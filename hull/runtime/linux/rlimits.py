@@ -8,14 +8,12 @@ container, apply() clamps such a request to the current hard limit and warns.
 
 from __future__ import annotations
 
-from _collections_abc import Mapping  # what collections.abc re-exports; os already loaded it
-
 from hull.errors import ConfigError, KernelError
 from hull.runtime.warn import warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` and `collections` cost milliseconds on the start path
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 # asm-generic/resource.h numbering (x86_64 and aarch64 share it): the OCI names
@@ -62,7 +60,7 @@ def _parsed(rlimits: Sequence[Mapping[str, Any]] | None) -> list[tuple[str, int,
     seen: set[str] = set()
     for number, entry in enumerate(rlimits):
         where = f"process.rlimits[{number}]"
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be an object")
         kind = entry.get("type")
         if kind not in RLIMITS:

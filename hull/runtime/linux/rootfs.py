@@ -8,11 +8,11 @@ at the host (the runc CVE-2021-30465 class).
 
 from __future__ import annotations
 
+import _stat as stat  # the C half: `stat` adds nothing used here, only an import
 import errno
-import os
-import stat
 
 from hull.errors import ConfigError, KernelError
+from hull.runtime import posixos as os
 from hull.runtime.linux import mountopts
 from hull.runtime.linux import syscalls as sc
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import errno
 import marshal
-import os
 
 from hull.errors import KernelError
+from hull.runtime import posixos as os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

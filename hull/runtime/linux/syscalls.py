@@ -15,7 +15,8 @@ callers off the start path; it imports ctypes when first asked for.
 from __future__ import annotations
 
 import _ctypes
-import os
+
+from hull.runtime import posixos as os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time: only for mypy

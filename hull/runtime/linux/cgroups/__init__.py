@@ -16,8 +16,7 @@ test's temp dir) is read as a tree instead.
 
 from __future__ import annotations
 
-import os
-
+from hull.runtime import posixos as os
 from hull.runtime.linux.cgroups.base import CgroupManager
 from hull.runtime.linux.cgroups.files import CgroupFiles
 from hull.runtime.linux.cgroups.mounts import (

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 from hull.errors import HullError, KernelError
+from hull.runtime import posixos as os
 from hull.runtime.linux.cgroups.files import (
     CgroupFiles,
     read_pids,

@@ -8,10 +8,10 @@ integration tests exercise the real cgroupfs.
 from __future__ import annotations
 
 import errno
-import os
 import time
 
 from hull.errors import KernelError
+from hull.runtime import posixos as os
 
 
 class CgroupFiles:

@@ -9,9 +9,8 @@ hierarchy named after its controllers).
 
 from __future__ import annotations
 
-import os
-
 from hull.errors import KernelError
+from hull.runtime import posixos as os
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 MOUNTINFO = "/proc/self/mountinfo"

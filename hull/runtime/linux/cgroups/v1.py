@@ -9,9 +9,9 @@ readers) find the container.
 from __future__ import annotations
 
 import errno
-import os
 
 from hull.errors import ConfigError, KernelError
+from hull.runtime import posixos as os
 from hull.runtime.linux.cgroups import resources as res
 from hull.runtime.linux.cgroups.base import FREEZE_TIMEOUT, CgroupManager, wait_until
 from hull.runtime.linux.cgroups.files import (

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
-import os
 
 from hull.errors import ConfigError, KernelError
+from hull.runtime import posixos as os
 from hull.runtime.linux.cgroups import resources as res
 from hull.runtime.linux.cgroups.base import FREEZE_TIMEOUT, SIGKILL, CgroupManager, wait_until
 from hull.runtime.linux.cgroups.files import (
