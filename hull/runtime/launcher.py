@@ -6,7 +6,8 @@ runs a line. These launchers run `python -I -S` with the package's directory
 on sys.path: 6 ms. The runtime needs only the standard library; `hull` also
 gets the venv's site-packages directory (httpx, rich), added as a plain path.
 Run as a program, this also builds the runtime's module packs
-(hull/runtime/modpack.py), which hull-runtime create/run load after the fork.
+(hull/runtime/modpack.py): hull-runtime loads what forks stage 1 from one
+(`launcher`), and create/run each side's modules after the fork.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ LAUNCHERS = {"hull-runtime": "hull.runtime.cli", "hull": "hull.cli.main"}
 # imported (hull.runtime.prefork), so its imports overlap all of ours.
 PRELUDES = {
     "hull-runtime": (
+        "from hull.runtime.modpack import install\n"
+        "install('launcher')  # what forks stage 1, in one read\n"
         "from hull.runtime.prefork import from_argv\nworker = from_argv(sys.argv[1:])\n"
         "if worker is not None:  # the rest of create/run's imports, in one read\n"
-        "    from hull.runtime.modpack import install\n"
         "    install('runtime')\n",
         "stage1_worker=worker",
     ),

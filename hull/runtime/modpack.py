@@ -34,9 +34,11 @@ _bootstrap = sys.modules["_frozen_importlib"]
 # What a pack must have been written by: this format, this interpreter's bytecode.
 _KEY = (1, sys.modules["_frozen_importlib_external"].MAGIC_NUMBER, sys.hexversion)
 
-# The roles: the entry modules each imports after the fork (the pack holds them and
-# everything they import that was not loaded before the fork).
+# The roles: the entry modules each imports (the pack holds them and everything they
+# import that was not loaded before: LOADED_BEFORE).
 ROLES = {
+    # the hull-runtime launcher, before the fork: what forks stage 1 (hull.runtime.launcher)
+    "launcher": ("hull.runtime.prefork", "hull.runtime.linux.pidns"),
     # the runtime's side of create/run: its verbs, the container and its cgroups
     "runtime": (
         "hull.runtime.cli",
@@ -62,8 +64,13 @@ ROLES = {
         "hull.runtime.linux.sibling",
     ),
 }
-# What the launcher imports before the fork: never in a pack (loaded already).
-BEFORE_FORK = ("hull.gc_pause", "hull.runtime.prefork", "hull.runtime.linux.pidns")
+# What the launcher imports the usual way, first: this module, to install the
+# launcher's pack, and the GC pause.
+LAUNCHER_FIRST = ("hull.gc_pause", "hull.runtime.modpack")
+# What the launcher has loaded when it forks: never in the packs of the two sides.
+BEFORE_FORK = LAUNCHER_FIRST + ROLES["launcher"]
+# What a role's process has imported when it installs the role's pack.
+LOADED_BEFORE = {"launcher": LAUNCHER_FIRST, "runtime": BEFORE_FORK, "worker": BEFORE_FORK}
 
 
 def path_for(role: str) -> str:
@@ -146,7 +153,7 @@ def build(role: str, path: "str | None" = None) -> str:
     """Write the role's pack (at path_for(role) unless path is given), whole: a
     temporary file renamed over it, mode 0644. Returns its path."""
     modules = {}
-    for name, origin, is_package in _imported_by(ROLES[role]):
+    for name, origin, is_package in _imported_by(ROLES[role], LOADED_BEFORE[role]):
         with open(origin, "rb") as f:
             source = f.read()
         st = os.stat(origin)
@@ -169,9 +176,11 @@ def build(role: str, path: "str | None" = None) -> str:
     return path
 
 
-def _imported_by(entries: "tuple[str, ...]") -> "list[tuple[str, str, bool]]":
+def _imported_by(
+    entries: "tuple[str, ...]", before: "tuple[str, ...]"
+) -> "list[tuple[str, str, bool]]":
     """(name, source, is a package) of each Python source module that importing
-    entries loads after the launcher's own imports, in a fresh `python -I -S`."""
+    entries loads once before is imported, in a fresh `python -I -S`."""
     import json
     import subprocess
 
@@ -179,7 +188,7 @@ def _imported_by(entries: "tuple[str, ...]") -> "list[tuple[str, str, bool]]":
     code = (
         "import json, sys\n"
         f"sys.path[:0] = [{package_parent!r}]\n"
-        f"for name in {BEFORE_FORK!r}: __import__(name)\n"
+        f"for name in {before!r}: __import__(name)\n"
         "before = set(sys.modules)\n"
         f"for name in {entries!r}: __import__(name)\n"
         "found = []\n"

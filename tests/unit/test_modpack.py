@@ -37,6 +37,25 @@ def test_a_worker_imports_everything_from_its_pack(worker_pack: str) -> None:
     assert json.loads(out) == []
 
 
+def test_the_launcher_imports_what_forks_stage1_from_its_pack(tmp_path: Path) -> None:
+    """Past modpack itself, what hull-runtime loads before its fork comes from the
+    launcher's pack: ROLES["launcher"] covers it."""
+    pack = modpack.build("launcher", str(tmp_path / "launcher.pack"))
+    out = _python(
+        "import json\n"
+        f"for name in {modpack.LAUNCHER_FIRST!r}: __import__(name)\n"
+        "before = set(sys.modules)\n"
+        "from hull.runtime import modpack\n"
+        f"assert modpack.install('launcher', {pack!r})\n"
+        "from hull.runtime.prefork import prefork\n"
+        "from hull.runtime.linux import pidns\n"
+        "loaders = {n: type(m.__loader__).__name__ for n, m in sys.modules.items()\n"
+        "           if n not in before and n.startswith('hull.')}\n"
+        "print(json.dumps(sorted(n for n, kind in loaders.items() if kind != 'ModulePack')))\n"
+    )
+    assert json.loads(out) == []
+
+
 def test_a_changed_source_is_imported_the_usual_way(tmp_path: Path) -> None:
     package = tmp_path / "packtest"
     package.mkdir()
