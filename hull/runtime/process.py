@@ -197,8 +197,22 @@ def prepare_exec(process: dict, seccomp_filter) -> PreparedExec:
     return PreparedExec(path, process["args"], env, seccomp_filter)
 
 
+# Signals Python ignores from its start (SIG_IGN survives execve): a container's
+# process must get them with their default action, as under runc or crun.
+PYTHON_IGNORED_SIGNALS = (13, 25)  # SIGPIPE, SIGXFSZ
+
+
+def default_signals() -> None:
+    """Give back the dispositions Python changed: before exec, none may stay ignored."""
+    import _signal
+
+    for signum in PYTHON_IGNORED_SIGNALS:
+        _signal.signal(signum, _signal.SIG_DFL)
+
+
 def exec_prepared(prepared: PreparedExec, preserve_fds: int = 0) -> None:
     """The seccomp filter (so few syscalls run under it), close-on-exec, execve."""
+    default_signals()
     if prepared.seccomp_filter is not None:
         prepared.seccomp_filter.load()
     sc.close_range(3 + preserve_fds, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)

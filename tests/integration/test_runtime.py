@@ -116,6 +116,16 @@ def test_capabilities_match_spec(rt, tmp_path, busybox_rootfs):
     assert caps["CapInh"] == "0000000000000000"
 
 
+def test_no_signal_is_ignored_or_blocked(rt, tmp_path, busybox_rootfs):
+    """Python ignores SIGPIPE and SIGXFSZ; an ignored signal survives execve, so a
+    container would inherit them (`yes | head` would not end) unless undone."""
+    bundle, _ = make_bundle(tmp_path, busybox_rootfs, ["grep", "^Sig[IB]", "/proc/self/status"])
+    out = rt.run("run", "--bundle", str(bundle), container_id())
+    assert out.returncode == 0, out.stderr
+    masks = dict(line.split(":\t") for line in out.stdout.splitlines())
+    assert masks == {"SigBlk": "0000000000000000", "SigIgn": "0000000000000000"}
+
+
 def test_seccomp_rule_returns_errno(rt, tmp_path, busybox_rootfs):
     def edit(config):
         config["linux"]["seccomp"] = {
