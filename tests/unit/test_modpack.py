@@ -21,39 +21,38 @@ def worker_pack(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_a_worker_imports_everything_from_its_pack(worker_pack: str) -> None:
     """What stage 1 imports before its request and after it (the preloads) comes from
     the pack: ROLES["worker"] covers it, so a new import on that path fails here."""
-    out = _python(
-        "import json\n"
-        f"for name in {modpack.BEFORE_FORK!r}: __import__(name)\n"
-        "before = set(sys.modules)\n"
-        "from hull.runtime import modpack\n"
-        f"assert modpack.install('worker', {worker_pack!r})\n"
+    imports = (
         "from hull.runtime import init\n"
         "init._preload_init_modules(); init._preload_late_modules()\n"
         "import hull.runtime.process, hull.runtime.linux.seccomp_cache, hull.runtime.fastjson\n"
-        "loaders = {n: type(m.__loader__).__name__ for n, m in sys.modules.items()\n"
-        "           if n not in before and n.startswith('hull.')}\n"
-        "print(json.dumps(sorted(n for n, kind in loaders.items() if kind != 'ModulePack')))\n"
     )
-    assert json.loads(out) == []
+    assert _not_from_pack("worker", worker_pack, imports) == []
 
 
 def test_the_launcher_imports_what_forks_stage1_from_its_pack(tmp_path: Path) -> None:
     """Past modpack itself, what hull-runtime loads before its fork comes from the
     launcher's pack: ROLES["launcher"] covers it."""
     pack = modpack.build("launcher", str(tmp_path / "launcher.pack"))
+    imports = "from hull.runtime.prefork import prefork\nfrom hull.runtime.linux import pidns\n"
+    assert _not_from_pack("launcher", pack, imports) == []
+
+
+def _not_from_pack(role: str, pack: str, imports: str) -> list[str]:
+    """The hull modules that imports loads, once the role's process has what it
+    loads before its pack (modpack.LOADED_BEFORE) and the pack is installed, that
+    do not come from the pack."""
     out = _python(
         "import json\n"
-        f"for name in {modpack.LAUNCHER_FIRST!r}: __import__(name)\n"
+        f"for name in {modpack.LOADED_BEFORE[role]!r}: __import__(name)\n"
         "before = set(sys.modules)\n"
         "from hull.runtime import modpack\n"
-        f"assert modpack.install('launcher', {pack!r})\n"
-        "from hull.runtime.prefork import prefork\n"
-        "from hull.runtime.linux import pidns\n"
-        "loaders = {n: type(m.__loader__).__name__ for n, m in sys.modules.items()\n"
+        f"assert modpack.install({role!r}, {pack!r})\n"
+        + imports
+        + "loaders = {n: type(m.__loader__).__name__ for n, m in sys.modules.items()\n"
         "           if n not in before and n.startswith('hull.')}\n"
         "print(json.dumps(sorted(n for n, kind in loaders.items() if kind != 'ModulePack')))\n"
     )
-    assert json.loads(out) == []
+    return json.loads(out)
 
 
 def test_a_changed_source_is_imported_the_usual_way(tmp_path: Path) -> None:
