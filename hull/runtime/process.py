@@ -8,6 +8,8 @@ then execve. Runs in a forked, single-threaded child.
 
 from __future__ import annotations
 
+import _signal  # built in and loaded at start: what `signal` wraps, without its enums
+
 from hull.errors import CommandNotFoundError, CommandNotInvokableError, KernelError
 from hull.runtime import posixos as os
 from hull.runtime.linux import syscalls as sc
@@ -199,13 +201,11 @@ def prepare_exec(process: dict, seccomp_filter) -> PreparedExec:
 
 # Signals Python ignores from its start (SIG_IGN survives execve): a container's
 # process must get them with their default action, as under runc or crun.
-PYTHON_IGNORED_SIGNALS = (13, 25)  # SIGPIPE, SIGXFSZ
+PYTHON_IGNORED_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
 def default_signals() -> None:
     """Give back the dispositions Python changed: before exec, none may stay ignored."""
-    import _signal
-
     for signum in PYTHON_IGNORED_SIGNALS:
         _signal.signal(signum, _signal.SIG_DFL)
 
