@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hull.errors import ConfigError
-from hull.runtime import posixos
+from hull.runtime import posixos as os
 
 DEFAULT_PARENT = "/hull"
 
@@ -32,7 +32,7 @@ def normalise_cgroups_path(cgroups_path: str | None, container_id: str) -> str:
             f"cgroupsPath {cgroups_path!r} looks like a systemd 'slice:prefix:name' path; "
             "Hull drives cgroupfs directly, give a filesystem path instead"
         )
-    path = posixos.path.normpath("/" + cgroups_path.lstrip("/"))
+    path = os.path.normpath("/" + cgroups_path.lstrip("/"))
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
     if path == "/":
